@@ -1,0 +1,216 @@
+"""Fine-tuning the embedding model on (query, passage) pairs with sentence-transformers' Trainer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from datasets import Dataset
+from llama_index.core.schema import TextNode
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+from sentence_transformers.sentence_transformer.losses import (
+    CachedMultipleNegativesRankingLoss,
+    GISTEmbedLoss,
+    MultipleNegativesRankingLoss,
+)
+from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+from sentence_transformers.util import mine_hard_negatives
+
+from .data import SOURCE_ID_KEY, QADataset
+from .errors import TuningError
+from .models import resolve_model
+
+logger = logging.getLogger(__name__)
+
+LossName = Literal["mnrl", "cached_mnrl", "gist"]
+_SELECTION_METRIC = "cosine_mrr@10"
+
+
+@dataclass
+class FinetuneConfig:
+    """How to fine-tune. Defaults were chosen on validation queries of data_qa.csv (see BENCHMARKS.md)."""
+
+    base_model: str | None = None
+    epochs: int = 4
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    loss: LossName = "mnrl"
+    hard_negatives: int = 0
+    val_fraction: float = 0.2
+    seed: int = 42
+    k: int = 5
+    show_progress: bool = True
+
+
+@dataclass
+class FinetuneResult:
+    model_path: Path
+    metrics: dict = field(default_factory=dict)
+    train_seconds: float = 0.0
+
+
+def source_nodes(dataset: QADataset, nodes: list[TextNode] | None) -> dict[str, list[TextNode]]:
+    """Nodes grouped by the corpus document they came from; one node per document when unchunked."""
+    if nodes is None:
+        nodes = [TextNode(id_=doc_id, text=text, metadata={SOURCE_ID_KEY: doc_id}) for doc_id, text in dataset.corpus.items()]
+    grouped: dict[str, list[TextNode]] = {}
+    for node in nodes:
+        grouped.setdefault(node.metadata.get(SOURCE_ID_KEY, node.ref_doc_id or node.node_id), []).append(node)
+    return grouped
+
+
+def training_pairs(dataset: QADataset, by_source: dict[str, list[TextNode]], model: SentenceTransformer) -> Dataset:
+    """One (anchor, positive) pair per query: the node of its relevant document that the model ranks first.
+
+    A long document is split into several nodes and usually only one holds the answer;
+    pairing the query with every node would teach it to match text that does not answer it.
+    """
+    anchors, positives = [], []
+    candidates = {q: [n for d in dataset.relevant_docs[q] for n in by_source.get(d, [])] for q in dataset.query_ids}
+    missing = [q for q, c in candidates.items() if not c]
+    if missing:
+        raise TuningError(f"{len(missing)} training queries point at documents absent from the corpus; fix relevant_docs")
+    query_emb = model.encode([dataset.queries[q] for q in dataset.query_ids], normalize_embeddings=True, convert_to_numpy=True)
+    texts = sorted({n.text for c in candidates.values() for n in c})
+    text_emb = dict(zip(texts, model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=64)))
+    for q, qe in zip(dataset.query_ids, query_emb):
+        best = max(candidates[q], key=lambda n: float(text_emb[n.text] @ qe))
+        anchors.append(dataset.queries[q])
+        positives.append(best.text)
+    return Dataset.from_dict({"anchor": anchors, "positive": positives})
+
+
+def ir_evaluator(dataset: QADataset, by_source: dict[str, list[TextNode]], k: int, name: str) -> InformationRetrievalEvaluator:
+    """Sentence-transformers' IR evaluator at node level: any node of a relevant document counts."""
+    corpus = {n.node_id: n.text for ns in by_source.values() for n in ns}
+    relevant = {q: {n.node_id for d in dataset.relevant_docs[q] for n in by_source.get(d, [])} for q in dataset.query_ids}
+    return InformationRetrievalEvaluator(
+        queries=dataset.queries,
+        corpus=corpus,
+        relevant_docs=relevant,
+        accuracy_at_k=[1, k, 10],
+        precision_recall_at_k=[k],
+        mrr_at_k=[10],
+        ndcg_at_k=[10],
+        map_at_k=[10],
+        name=name,
+        write_csv=False,
+        batch_size=64,
+    )
+
+
+class EmbeddingFinetuner:
+    """Fine-tunes a sentence-transformers model with MNRL (or a variant) and the no-duplicates sampler.
+
+    Validation queries are carved from the training queries (seeded) to pick the best
+    epoch; test queries never reach this class.
+    """
+
+    def __init__(self, config: FinetuneConfig | None = None) -> None:
+        self.config = config or FinetuneConfig()
+
+    def _loss(self, model: SentenceTransformer):
+        cfg = self.config
+        if cfg.loss == "mnrl":
+            return MultipleNegativesRankingLoss(model)
+        if cfg.loss == "cached_mnrl":
+            return CachedMultipleNegativesRankingLoss(model, mini_batch_size=16)
+        if cfg.loss == "gist":
+            # The frozen base model is the guide: it masks in-batch "negatives" it already
+            # scores above the positive, which on a small corpus are often other chunks of
+            # the same document.
+            return GISTEmbedLoss(model, guide=SentenceTransformer(resolve_model(cfg.base_model), device=str(model.device)))
+        raise TuningError(f"unknown loss '{cfg.loss}'; use one of mnrl, cached_mnrl, gist")
+
+    def _with_hard_negatives(self, pairs: Dataset, by_source: dict[str, list[TextNode]], model: SentenceTransformer) -> Dataset:
+        corpus = sorted({n.text for ns in by_source.values() for n in ns})
+        source_of = {n.text: s for s, ns in by_source.items() for n in ns}
+        mined = mine_hard_negatives(
+            pairs,
+            model,
+            corpus=corpus,
+            num_negatives=self.config.hard_negatives,
+            range_min=2,
+            range_max=30,
+            relative_margin=0.05,
+            sampling_strategy="top",
+            output_format="n-tuple",
+            verbose=False,
+        )
+        # Another chunk of the positive's own document is not a negative: drop such rows' negatives.
+        neg_columns = [c for c in mined.column_names if c.startswith("negative")]
+        keep = [i for i, row in enumerate(mined) if all(source_of.get(row[c]) != source_of.get(row["positive"]) for c in neg_columns)]
+        return mined.select(keep) if len(keep) >= len(mined) // 2 else pairs
+
+    def fit(
+        self,
+        train: QADataset,
+        output_dir: str | Path,
+        nodes: list[TextNode] | None = None,
+        resume: bool = False,
+    ) -> FinetuneResult:
+        """Fine-tune on `train` and save a sentence-transformers model plus `metrics.json` in `output_dir`.
+
+        `nodes` are the chunks the corpus documents were split into (None: one node per document).
+        """
+        cfg = self.config
+        output_dir = Path(output_dir)
+        start = time.perf_counter()
+        fit_ds, val_ds = train.split(cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (train, None)
+        by_source = source_nodes(train, nodes)
+        model = SentenceTransformer(resolve_model(cfg.base_model))
+        pairs = training_pairs(fit_ds, by_source, model)
+        if cfg.hard_negatives > 0:
+            pairs = self._with_hard_negatives(pairs, by_source, model)
+        evaluator = ir_evaluator(val_ds, by_source, cfg.k, "val") if val_ds is not None else None
+        metrics: dict = {"config": asdict(cfg), "n_train_pairs": len(pairs), "n_val_queries": len(val_ds or [])}
+        if evaluator is not None:
+            metrics["val_before"] = _rounded(evaluator(model))
+
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(output_dir / "checkpoints"),
+            num_train_epochs=cfg.epochs,
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            warmup_ratio=cfg.warmup_ratio,
+            batch_sampler=BatchSamplers.NO_DUPLICATES,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            eval_strategy="epoch" if evaluator else "no",
+            save_strategy="epoch",
+            save_total_limit=2,
+            load_best_model_at_end=evaluator is not None,
+            metric_for_best_model=f"eval_val_{_SELECTION_METRIC}" if evaluator else None,
+            greater_is_better=True,
+            logging_steps=10,
+            report_to="none",
+            disable_tqdm=not cfg.show_progress,
+        )
+        trainer = SentenceTransformerTrainer(
+            model=model,
+            args=args,
+            train_dataset=pairs,
+            loss=self._loss(model),
+            evaluator=evaluator,
+        )
+        checkpoints = list((output_dir / "checkpoints").glob("checkpoint-*"))
+        trainer.train(resume_from_checkpoint=bool(resume and checkpoints) or None)
+        if evaluator is not None:
+            metrics["val_after"] = _rounded(evaluator(model))
+            metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
+        model.save(str(output_dir))
+        metrics["train_seconds"] = round(time.perf_counter() - start, 2)
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return FinetuneResult(output_dir, metrics, metrics["train_seconds"])
+
+
+def _rounded(scores: dict) -> dict:
+    return {k: round(float(v), 4) for k, v in scores.items() if isinstance(v, (int, float, np.floating))}

@@ -1,0 +1,379 @@
+"""The LanceDB index and its retrievers, for the five query types of the reference table.
+
+Rows have the layout `LanceDBVectorStore` writes and reads (id, doc_id, vector, text,
+metadata with `_node_content`), so the table serves LlamaIndex's own vector store too.
+We write them ourselves to absorb the store's rough edges: its default mode overwrites
+an existing table, a node without a source makes `doc_id` a null column that breaks the
+next append, a metadata key new in a later batch breaks the struct schema, an FTS query
+with no match raises a bare `Warning`, and FTS/hybrid hits get rank-based fake scores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+from llama_index.core import VectorStoreIndex
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
+from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
+from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+from llama_index.vector_stores.lancedb import LanceDBVectorStore
+from tqdm.auto import tqdm
+
+from .errors import TuningError
+from .models import resolve_model
+
+logger = logging.getLogger(__name__)
+
+QueryType = Literal["vector", "fts", "reranked_vector", "reranked_fts", "hybrid"]
+QUERY_TYPES: tuple[str, ...] = ("vector", "fts", "reranked_vector", "reranked_fts", "hybrid")
+TableMode = Literal["create", "append", "overwrite"]
+DEFAULT_URI = "./lancedb"
+DEFAULT_TABLE = "nodes"
+_METADATA_FIELDS = ("_node_content", "_node_type", "doc_id", "document_id", "ref_doc_id")
+_RESULT_COLUMNS = ["id", "doc_id", "text", "metadata"]
+
+
+def load_embed_model(model: str | BaseEmbedding | None = None, embed_batch_size: int = 64) -> BaseEmbedding:
+    """Any LlamaIndex embedding as is; a path or hub id as a `HuggingFaceEmbedding`."""
+    if isinstance(model, BaseEmbedding):
+        return model
+    name = resolve_model(model)
+    try:
+        return HuggingFaceEmbedding(model_name=name, embed_batch_size=embed_batch_size)
+    except Exception as exc:  # hub/transformers raise many types for "not found / offline"
+        raise TuningError(
+            f"cannot load embedding model '{model}': {type(exc).__name__}; pass a local model directory or a reachable hub id"
+        ) from None
+
+
+def embed_texts(embed_model: BaseEmbedding, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Passage embeddings as float32, normalised; large batches straight to sentence-transformers when we can."""
+    st_model = getattr(embed_model, "_model", None)
+    if isinstance(embed_model, HuggingFaceEmbedding) and st_model is not None:
+        # HuggingFaceEmbedding batches 10 at a time through per-batch callbacks; the
+        # underlying model sorts by length and pads per batch, several times faster.
+        vectors = st_model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    else:
+        vectors = np.asarray(embed_model.get_text_embedding_batch(list(texts)), dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+    return vectors.astype(np.float32, copy=False)
+
+
+def embed_queries(embed_model: BaseEmbedding, queries: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    st_model = getattr(embed_model, "_model", None)
+    if isinstance(embed_model, HuggingFaceEmbedding) and st_model is not None:
+        prompt = embed_model.query_instruction
+        texts = [f"{prompt} {q}".strip() if prompt else q for q in queries]
+        return st_model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    vectors = np.asarray([embed_model.get_query_embedding(q) for q in queries], dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def table_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.string()),
+            pa.field("doc_id", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+            pa.field("text", pa.string()),
+            pa.field("metadata", pa.struct([pa.field(k, pa.string()) for k in _METADATA_FIELDS])),
+        ]
+    )
+
+
+def _rows(nodes: Sequence[BaseNode], vectors: np.ndarray, dim: int) -> pa.Table:
+    metadata = []
+    for node in nodes:
+        meta = node_to_metadata_dict(node, remove_text=False, flat_metadata=False)
+        # User metadata lives inside _node_content; a fixed struct keeps later appends valid.
+        metadata.append({k: meta.get(k) for k in _METADATA_FIELDS})
+    return pa.Table.from_pydict(
+        {
+            "id": [n.node_id for n in nodes],
+            "doc_id": [n.ref_doc_id or n.node_id for n in nodes],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+            "text": [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes],
+            "metadata": metadata,
+        },
+        schema=table_schema(dim),
+    )
+
+
+def _batches(nodes: Iterable[BaseNode], size: int) -> Iterator[list[BaseNode]]:
+    batch: list[BaseNode] = []
+    for node in nodes:
+        batch.append(node)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def connect(uri: str = DEFAULT_URI, storage_options: dict[str, str] | None = None) -> lancedb.DBConnection:
+    """An embedded directory, `s3://…`, `gs://…` or `db://…` (LanceDB Cloud); options go to LanceDB as is."""
+    try:
+        return lancedb.connect(uri, storage_options=storage_options)
+    except Exception as exc:
+        raise TuningError(f"cannot open LanceDB at '{uri}': {exc}") from None
+
+
+def vector_dim(table: lancedb.table.Table) -> int:
+    return table.schema.field("vector").type.list_size
+
+
+def open_table(db: lancedb.DBConnection, table_name: str) -> lancedb.table.Table:
+    if table_name not in db.table_names():
+        raise TuningError(f"no table '{table_name}' in {db.uri}; build it first (mode='create')")
+    return db.open_table(table_name)
+
+
+def write_nodes(
+    nodes: Iterable[BaseNode],
+    embed_model: BaseEmbedding,
+    db: lancedb.DBConnection,
+    table_name: str = DEFAULT_TABLE,
+    mode: TableMode = "create",
+    batch_size: int = 2048,
+    show_progress: bool = True,
+    total: int | None = None,
+) -> lancedb.table.Table:
+    """Embed and write nodes in streamed batches, then (re)build the full-text index.
+
+    Memory stays bounded by `batch_size`; every batch is one atomic LanceDB commit, so an
+    interrupted ingest leaves a readable table holding whole batches.
+    `mode="create"` refuses an existing table; `append` adds to it (same dimension only);
+    `overwrite` replaces it.
+    """
+    exists = table_name in db.table_names()
+    if mode not in ("create", "append", "overwrite"):
+        raise TuningError(f"unknown mode '{mode}'; use create, append or overwrite")
+    if exists and mode == "create":
+        raise TuningError(
+            f"table '{table_name}' already exists in {db.uri}; open it, or pass mode='append' to add nodes or mode='overwrite' to replace it"
+        )
+    table = db.open_table(table_name) if exists and mode == "append" else None
+    written = 0
+    with tqdm(total=total, desc="index", unit="node", disable=not show_progress) as bar:
+        for batch in _batches(nodes, batch_size):
+            vectors = embed_texts(embed_model, [n.get_content(metadata_mode=MetadataMode.EMBED) for n in batch])
+            dim = vectors.shape[1]
+            if table is None:
+                table = db.create_table(table_name, schema=table_schema(dim), mode="overwrite" if mode == "overwrite" else "create")
+            elif vector_dim(table) != dim:
+                raise TuningError(
+                    f"table '{table_name}' holds {vector_dim(table)}-dim vectors but the model makes {dim}-dim ones; "
+                    "use the model the table was built with, or another table name"
+                )
+            table.add(_rows(batch, vectors, dim))
+            written += len(batch)
+            bar.update(len(batch))
+    if table is None:
+        raise TuningError("no nodes to index; check that the documents produced text")
+    table.create_fts_index("text", replace=True)
+    logger.info("wrote %d nodes to %s/%s", written, db.uri, table_name)
+    return table
+
+
+def _node_from_row(row: dict[str, Any]) -> BaseNode:
+    meta = row["metadata"]
+    if meta and meta.get("_node_content"):
+        return metadata_dict_to_node(meta)
+    from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
+
+    return TextNode(
+        id_=row["id"],
+        text=row["text"] or "",
+        relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=row["doc_id"])},
+    )
+
+
+def _with_scores(rows: list[dict[str, Any]], score_column: str) -> list[NodeWithScore]:
+    out = []
+    for row in rows:
+        score = row[score_column]
+        if score_column == "_distance":
+            score = 1.0 - score  # cosine distance -> cosine similarity
+        out.append(NodeWithScore(node=_node_from_row(row), score=float(score)))
+    return out
+
+
+class LanceDBRetriever(BaseRetriever):
+    """Vector, full-text or hybrid search on a LanceDB table, with the index's own scores.
+
+    Scores: cosine similarity (vector), BM25 (fts), the hybrid reranker's relevance score
+    (hybrid). A query with no match returns an empty list.
+    """
+
+    def __init__(
+        self,
+        table: lancedb.table.Table,
+        embed_model: BaseEmbedding,
+        query_type: Literal["vector", "fts", "hybrid"] = "vector",
+        similarity_top_k: int = 5,
+        hybrid_reranker: Any = None,
+        nprobes: int = 20,
+        **kwargs: Any,
+    ) -> None:
+        if query_type not in ("vector", "fts", "hybrid"):
+            raise TuningError(f"unknown base query type '{query_type}'; use vector, fts or hybrid")
+        if similarity_top_k < 1:
+            raise TuningError(f"similarity_top_k must be at least 1, got {similarity_top_k}")
+        self.table = table
+        self.embed_model = embed_model
+        self.query_type = query_type
+        self.similarity_top_k = similarity_top_k
+        self.hybrid_reranker = hybrid_reranker
+        self.nprobes = nprobes
+        super().__init__(**kwargs)
+
+    def _search(self, query: str, vector: np.ndarray | None) -> list[NodeWithScore]:
+        k = self.similarity_top_k
+        if self.query_type == "vector":
+            q = self.table.search(vector).distance_type("cosine").nprobes(self.nprobes)
+            score = "_distance"
+        elif self.query_type == "fts":
+            q = self.table.search(query, query_type="fts", fts_columns="text")
+            score = "_score"
+        else:
+            q = self.table.search(query_type="hybrid").vector(vector).text(query).distance_type("cosine")
+            if self.hybrid_reranker is not None:
+                q = q.rerank(self.hybrid_reranker)
+            score = "_relevance_score"
+        try:
+            columns = _RESULT_COLUMNS if self.query_type == "hybrid" else [*_RESULT_COLUMNS, score]
+            rows = q.select(columns).limit(k).to_list()
+        except Warning:
+            rows = []  # LanceDB signals "no full-text match" with a bare Warning in some versions
+        return _with_scores(rows, score)
+
+    def _query_vector(self, query: str) -> np.ndarray | None:
+        if self.query_type == "fts":
+            return None
+        return embed_queries(self.embed_model, [query])[0]
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        query = query_bundle.query_str
+        if not query.strip():
+            return []
+        return self._search(query, self._query_vector(query))
+
+    def retrieve_many(self, queries: Sequence[str], batch_size: int = 64) -> list[list[NodeWithScore]]:
+        """Retrieve for many queries with one batched embedding pass (used by evaluation)."""
+        vectors = embed_queries(self.embed_model, queries, batch_size) if self.query_type != "fts" else [None] * len(queries)
+        return [self._search(q, v) if q.strip() else [] for q, v in zip(queries, vectors)]
+
+
+class RerankedRetriever(BaseRetriever):
+    """Overfetch from a base retriever, then apply a LlamaIndex node postprocessor."""
+
+    def __init__(
+        self,
+        base: LanceDBRetriever,
+        postprocessor: BaseNodePostprocessor,
+        similarity_top_k: int = 5,
+        overfetch: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        self.base = base
+        self.postprocessor = postprocessor
+        self.similarity_top_k = similarity_top_k
+        self.overfetch = overfetch
+        base.similarity_top_k = similarity_top_k * overfetch
+        super().__init__(**kwargs)
+
+    def _rerank(self, nodes: list[NodeWithScore], query: str) -> list[NodeWithScore]:
+        if not nodes:
+            return []
+        return self.postprocessor.postprocess_nodes(nodes, query_bundle=QueryBundle(query))[: self.similarity_top_k]
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return self._rerank(self.base.retrieve(query_bundle), query_bundle.query_str)
+
+    def retrieve_many(self, queries: Sequence[str], batch_size: int = 64) -> list[list[NodeWithScore]]:
+        return [self._rerank(nodes, q) for q, nodes in zip(queries, self.base.retrieve_many(queries, batch_size))]
+
+
+@dataclass
+class LanceDBIndex:
+    """A LanceDB table with the embedding model that filled it, and LlamaIndex views on it."""
+
+    table: lancedb.table.Table
+    embed_model: BaseEmbedding
+
+    @classmethod
+    def build(
+        cls,
+        nodes: Sequence[BaseNode],
+        embed_model: str | BaseEmbedding | None = None,
+        uri: str = DEFAULT_URI,
+        table_name: str = DEFAULT_TABLE,
+        mode: TableMode = "create",
+        storage_options: dict[str, str] | None = None,
+        show_progress: bool = True,
+    ) -> LanceDBIndex:
+        model = load_embed_model(embed_model)
+        db = connect(uri, storage_options)
+        table = write_nodes(nodes, model, db, table_name, mode, show_progress=show_progress, total=len(nodes))
+        return cls(table, model)
+
+    @classmethod
+    def open(
+        cls,
+        embed_model: str | BaseEmbedding | None = None,
+        uri: str = DEFAULT_URI,
+        table_name: str = DEFAULT_TABLE,
+        storage_options: dict[str, str] | None = None,
+    ) -> LanceDBIndex:
+        """Reopen an existing table without re-embedding; the model must match its dimension."""
+        table = open_table(connect(uri, storage_options), table_name)
+        model = load_embed_model(embed_model)
+        dim = len(model.get_query_embedding("dimension check"))
+        if dim != vector_dim(table):
+            raise TuningError(
+                f"table '{table_name}' holds {vector_dim(table)}-dim vectors but the model makes {dim}-dim ones; "
+                "open it with the model it was built with"
+            )
+        return cls(table, model)
+
+    def add(self, nodes: Sequence[BaseNode], show_progress: bool = False) -> None:
+        """Append nodes; the full-text index is rebuilt so new text is searchable at once."""
+        db = self.table._conn if hasattr(self.table, "_conn") else None
+        if db is None:
+            raise TuningError("this table does not support appends through the index; open it from a URI")
+        self.table = write_nodes(nodes, self.embed_model, db, self.table.name, "append", show_progress=show_progress)
+
+    def vector_store(self) -> LanceDBVectorStore:
+        # mode="append": LanceDBVectorStore defaults to "overwrite", which would replace the table on its first add.
+        return LanceDBVectorStore(connection=self.table._conn, table=self.table, mode="append")
+
+    def vector_store_index(self) -> VectorStoreIndex:
+        return VectorStoreIndex.from_vector_store(self.vector_store(), embed_model=self.embed_model)
+
+    def retriever(
+        self,
+        query_type: QueryType = "vector",
+        similarity_top_k: int = 5,
+        reranker: BaseNodePostprocessor | None = None,
+        hybrid_reranker: Any = None,
+        overfetch: int = 2,
+    ) -> BaseRetriever:
+        """A retriever for one of the five query types; reranked types need a node postprocessor."""
+        if query_type not in QUERY_TYPES:
+            raise TuningError(f"unknown query type '{query_type}'; use one of {', '.join(QUERY_TYPES)}")
+        if query_type.startswith("reranked_"):
+            if reranker is None:
+                raise TuningError(f"query type '{query_type}' needs a reranker")
+            base = LanceDBRetriever(self.table, self.embed_model, query_type[len("reranked_") :], similarity_top_k)
+            return RerankedRetriever(base, reranker, similarity_top_k, overfetch)
+        return LanceDBRetriever(self.table, self.embed_model, query_type, similarity_top_k, hybrid_reranker)

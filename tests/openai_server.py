@@ -1,0 +1,132 @@
+"""A local OpenAI-compatible chat-completions server for tests, scriptable per request.
+
+Serves `POST /v1/chat/completions` on 127.0.0.1 at a random port. By default it answers
+with questions derived from the prompt's passage; `script` queues special replies
+(`("status", 429)`, `("slow", seconds)`, `("text", "...")`) consumed one per request.
+Run as a module (`python -m tests.openai_server` or this file) to serve until killed,
+printing the port first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Action = tuple[str, Any]
+
+
+def default_reply(prompt: str) -> str:
+    """Two numbered questions naming the passage's first words, so each chunk's are unique."""
+    passage = re.search(r'"""\n(.*?)\n"""', prompt, re.DOTALL)
+    words = (passage.group(1) if passage else prompt).split()[:6]
+    topic = " ".join(words)
+    return f"Here are the questions:\n1. What does the text say about {topic}?\n2. Why does {topic} matter?"
+
+
+class OpenAIServer:
+    """Start with `start()`, stop with `stop()`; `url` is the api_base for the openai SDK."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.script: deque[Action] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.delay = delay  # every reply waits this long, to keep a run going for kill tests
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def start(self) -> OpenAIServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _next_action(self, body: dict[str, Any]) -> Action | None:
+        with self._lock:
+            self.requests.append(body)
+            return self.script.popleft() if self.script else None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    return self._send(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+                action = server._next_action(body)
+                if server.delay:
+                    time.sleep(server.delay)
+                prompt = body["messages"][-1]["content"]
+                text = default_reply(prompt if isinstance(prompt, str) else json.dumps(prompt))
+                if action is not None:
+                    kind, value = action
+                    if kind == "status":
+                        return self._send(
+                            value,
+                            {"error": {"message": f"scripted {value}", "type": "server_error", "code": None}},
+                            {"Retry-After": "0"} if value == 429 else {},
+                        )
+                    if kind == "slow":
+                        time.sleep(value)
+                    elif kind == "text":
+                        text = value
+                self._send(200, completion(body.get("model", "gpt-4o-mini"), text))
+
+            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for key, value in (headers or {}).items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout); nothing to answer
+
+        return Handler
+
+
+def completion(model: str, text: str) -> dict[str, Any]:
+    """The chat.completion object the openai SDK parses."""
+    return {
+        "id": "chatcmpl-local",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+    }
+
+
+if __name__ == "__main__":
+    srv = OpenAIServer(delay=float(sys.argv[1]) if len(sys.argv) > 1 else 0.0).start()
+    print(srv.url, flush=True)
+    threading.Event().wait()
