@@ -180,7 +180,7 @@ class EmbeddingFinetuner:
             per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate,
-            warmup_ratio=cfg.warmup_ratio,
+            warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio in transformers 5
             batch_sampler=BatchSamplers.NO_DUPLICATES,
             seed=cfg.seed,
             data_seed=cfg.seed,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -163,16 +163,33 @@ def write_nodes(
             f"table '{table_name}' already exists in {db.uri}; open it, or pass mode='append' to add nodes or mode='overwrite' to replace it"
         )
     table = db.open_table(table_name) if exists and mode == "append" else None
+    create_mode = "overwrite" if mode == "overwrite" else "create"
+    return append_nodes(
+        nodes, embed_model, table, lambda dim: db.create_table(table_name, schema=table_schema(dim), mode=create_mode),
+        batch_size, show_progress, total,
+    )
+
+
+def append_nodes(
+    nodes: Iterable[BaseNode],
+    embed_model: BaseEmbedding,
+    table: lancedb.table.Table | None,
+    create: Callable[[int], lancedb.table.Table] | None = None,
+    batch_size: int = 2048,
+    show_progress: bool = True,
+    total: int | None = None,
+) -> lancedb.table.Table:
+    """Embed and append in batches to `table` (or to the one `create(dim)` makes), then rebuild the FTS index."""
     written = 0
     with tqdm(total=total, desc="index", unit="node", disable=not show_progress) as bar:
         for batch in _batches(nodes, batch_size):
             vectors = embed_texts(embed_model, [n.get_content(metadata_mode=MetadataMode.EMBED) for n in batch])
             dim = vectors.shape[1]
-            if table is None:
-                table = db.create_table(table_name, schema=table_schema(dim), mode="overwrite" if mode == "overwrite" else "create")
-            elif vector_dim(table) != dim:
+            if table is None and create is not None:
+                table = create(dim)
+            elif table is not None and vector_dim(table) != dim:
                 raise TuningError(
-                    f"table '{table_name}' holds {vector_dim(table)}-dim vectors but the model makes {dim}-dim ones; "
+                    f"table '{table.name}' holds {vector_dim(table)}-dim vectors but the model makes {dim}-dim ones; "
                     "use the model the table was built with, or another table name"
                 )
             table.add(_rows(batch, vectors, dim))
@@ -181,7 +198,7 @@ def write_nodes(
     if table is None:
         raise TuningError("no nodes to index; check that the documents produced text")
     table.create_fts_index("text", replace=True)
-    logger.info("wrote %d nodes to %s/%s", written, db.uri, table_name)
+    logger.info("wrote %d nodes to %s", written, table.name)
     return table
 
 
@@ -348,10 +365,7 @@ class LanceDBIndex:
 
     def add(self, nodes: Sequence[BaseNode], show_progress: bool = False) -> None:
         """Append nodes; the full-text index is rebuilt so new text is searchable at once."""
-        db = self.table._conn if hasattr(self.table, "_conn") else None
-        if db is None:
-            raise TuningError("this table does not support appends through the index; open it from a URI")
-        self.table = write_nodes(nodes, self.embed_model, db, self.table.name, "append", show_progress=show_progress)
+        append_nodes(nodes, self.embed_model, self.table, show_progress=show_progress, total=len(nodes))
 
     def vector_store(self) -> LanceDBVectorStore:
         # mode="append": LanceDBVectorStore defaults to "overwrite", which would replace the table on its first add.
@@ -377,3 +391,14 @@ class LanceDBIndex:
             base = LanceDBRetriever(self.table, self.embed_model, query_type[len("reranked_") :], similarity_top_k)
             return RerankedRetriever(base, reranker, similarity_top_k, overfetch)
         return LanceDBRetriever(self.table, self.embed_model, query_type, similarity_top_k, hybrid_reranker)
+
+    def retrievers(
+        self,
+        similarity_top_k: int = 5,
+        reranker: BaseNodePostprocessor | None = None,
+        hybrid_reranker: Any = None,
+        overfetch: int = 2,
+    ) -> dict[str, BaseRetriever]:
+        """All five query types of the reference table (the reranked ones only with a reranker)."""
+        types = QUERY_TYPES if reranker is not None else ("vector", "fts", "hybrid")
+        return {qt: self.retriever(qt, similarity_top_k, reranker, hybrid_reranker, overfetch) for qt in types}

@@ -1,0 +1,104 @@
+"""`lancedb-tune`: run the whole loop, or score one model, from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .errors import TuningError
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="labeled CSV (query and context columns) or a QA dataset JSON")
+    p.add_argument("--out", required=True, help="output directory for report.md/json/png")
+    p.add_argument("--query-column", default="query")
+    p.add_argument("--context-column", default="context")
+    p.add_argument("--k", type=int, default=5, help="hit-rate@k and MRR@k (default 5)")
+    p.add_argument("--chunk-size", type=int, default=128, help="node size in model tokens (default 128)")
+    p.add_argument("--chunk-overlap", type=int, default=16)
+    p.add_argument("--reranker", default="fusion", help="fusion (offline, default), cohere[:MODEL], cross-encoder:PATH")
+    p.add_argument("--hybrid", choices=["rrf", "linear"], default="rrf", help="LanceDB fusion for hybrid search")
+    p.add_argument("--force", action="store_true", help="redo a directory that holds a finished report")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lancedb-tune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="baseline -> fine-tune -> index -> evaluate on held-out queries")
+    _add_common(run)
+    run.add_argument("--base-model", default=None, help="HF id or local path (default: bundled all-MiniLM-L6-v2)")
+    run.add_argument("--test-size", type=float, default=0.2)
+    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--epochs", type=int, default=None)
+    run.add_argument("--batch-size", type=int, default=None)
+    run.add_argument("--lr", type=float, default=None)
+    run.add_argument("--loss", choices=["mnrl", "cached_mnrl", "gist"], default=None)
+    run.add_argument("--hard-negatives", type=int, default=None, help="mined hard negatives per pair (0: none)")
+    run.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints left by a killed run")
+
+    ev = sub.add_parser("evaluate", help="score one model on a labeled CSV (all queries are test queries)")
+    _add_common(ev)
+    ev.add_argument("--model", default=None, help="HF id or local path (default: bundled all-MiniLM-L6-v2)")
+    return parser
+
+
+def _run_config(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from .pipeline import RunConfig
+
+    config = RunConfig(k=args.k, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap, reranker=args.reranker, hybrid=args.hybrid)
+    if args.command == "run":
+        overrides = {
+            "base_model": args.base_model,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "learning_rate": args.lr,
+            "loss": args.loss,
+            "hard_negatives": args.hard_negatives,
+        }
+        config.finetune = replace(config.finetune, **{k: v for k, v in overrides.items() if v is not None}, k=args.k, seed=args.seed, show_progress=not args.quiet)
+        config.test_size, config.seed = args.test_size, args.seed
+    return config
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .pipeline import evaluate_model, tune_and_evaluate
+
+    if args.k < 1:
+        raise TuningError(f"--k must be at least 1, got {args.k}")
+    dataset = load_dataset(args.data, args.query_column, args.context_column)
+    config = _run_config(args)
+    if args.command == "run":
+        report = tune_and_evaluate(dataset, args.out, config, dataset_path=args.data, force=args.force, resume=not args.no_resume)
+    else:
+        report = evaluate_model(dataset, args.model, args.out, config, dataset_path=args.data, force=args.force)
+    print(report["table"])
+    print(f"\nreport: {args.out}/report.md, report.json, report.png")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.quiet:
+        import os
+
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        return _dispatch(args)
+    except TuningError as exc:
+        print(f"lancedb-tune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lancedb-tune: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""`FinetunedLanceDBRetrieverPack`: a tuned model served from LanceDB as LlamaIndex retrievers and a query engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.llms import LLM
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.response_synthesizers import ResponseMode, get_response_synthesizer
+from llama_index.core.schema import BaseNode, Document, NodeWithScore
+
+from .data import chunk_corpus
+from .errors import TuningError
+from .index import DEFAULT_TABLE, DEFAULT_URI, QUERY_TYPES, LanceDBIndex, TableMode, load_embed_model
+from .rerank import hybrid_reranker, node_reranker
+
+try:  # llama-index-core <= 0.14.20 ships the base class; 0.14.21+ removed it.
+    from llama_index.core.llama_pack import BaseLlamaPack
+except ImportError:
+    from abc import ABC, abstractmethod
+
+    class BaseLlamaPack(ABC):  # type: ignore[no-redef]
+        """Same shape as the base LlamaIndex removed: modules to compose, and a `run`."""
+
+        @abstractmethod
+        def get_modules(self) -> dict[str, Any]: ...
+
+        @abstractmethod
+        def run(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def _document_nodes(documents: Sequence[Document], embed_model: BaseEmbedding, chunk_size: int, chunk_overlap: int) -> list[BaseNode]:
+    tokenizer = getattr(getattr(embed_model, "_model", None), "tokenizer", None)
+    if tokenizer is None:
+        raise TuningError("pass nodes= with this embed_model: documents are split with a sentence-transformers tokenizer")
+    corpus = {d.doc_id: d.text for d in documents if d.text.strip()}
+    if not corpus:
+        raise TuningError("the documents hold no text; check what was loaded")
+    return chunk_corpus(corpus, lambda t: tokenizer.encode(t, add_special_tokens=False), chunk_size, chunk_overlap)
+
+
+class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
+    """Index documents or nodes with a (fine-tuned) embedding model in LanceDB and serve the
+    five query types of the reference table: vector, fts, reranked_vector, reranked_fts, hybrid.
+
+    With neither `documents` nor `nodes`, an existing table is opened without re-embedding.
+    `mode="create"` (default) never touches an existing table; `append` adds to it and
+    `overwrite` replaces it, both only when asked for.
+    """
+
+    def __init__(
+        self,
+        documents: Sequence[Document] | None = None,
+        nodes: Sequence[BaseNode] | None = None,
+        embed_model: str | BaseEmbedding | None = None,
+        uri: str = DEFAULT_URI,
+        table_name: str = DEFAULT_TABLE,
+        query_type: str = "hybrid",
+        reranker: str | BaseNodePostprocessor | None = "fusion",
+        similarity_top_k: int = 5,
+        llm: LLM | None = None,
+        mode: TableMode = "create",
+        chunk_size: int = 128,
+        chunk_overlap: int = 16,
+        hybrid_fusion: str = "rrf",
+        storage_options: dict[str, str] | None = None,
+        show_progress: bool = False,
+    ) -> None:
+        if query_type not in QUERY_TYPES:
+            raise TuningError(f"unknown query_type '{query_type}'; use one of {', '.join(QUERY_TYPES)}")
+        if documents is not None and nodes is not None:
+            raise TuningError("pass documents= or nodes=, not both")
+        model = load_embed_model(embed_model)
+        if documents is not None:
+            nodes = _document_nodes(documents, model, chunk_size, chunk_overlap)
+        if nodes is None:
+            self.lancedb_index = LanceDBIndex.open(model, uri, table_name, storage_options)
+        else:
+            self.lancedb_index = LanceDBIndex.build(nodes, model, uri, table_name, mode, storage_options, show_progress)
+        self.query_type = query_type
+        self.similarity_top_k = similarity_top_k
+        self.llm = llm
+        self.reranker = node_reranker(reranker, similarity_top_k, model, self.lancedb_index.table)
+        self.hybrid_reranker = hybrid_reranker(hybrid_fusion)
+        self._build_views()
+
+    @classmethod
+    def from_table(cls, uri: str = DEFAULT_URI, table_name: str = DEFAULT_TABLE, embed_model: str | BaseEmbedding | None = None, **kwargs: Any) -> FinetunedLanceDBRetrieverPack:
+        """Reopen an existing table: an app restarts without re-embedding the corpus."""
+        return cls(embed_model=embed_model, uri=uri, table_name=table_name, **kwargs)
+
+    def _build_views(self) -> None:
+        ix = self.lancedb_index
+        self.retrievers = ix.retrievers(self.similarity_top_k, self.reranker, self.hybrid_reranker)
+        self.retriever = self.retrievers[self.query_type]
+        self.vector_store = ix.vector_store()
+        self.index = ix.vector_store_index()
+        if self.llm is None:
+            from llama_index.core.llms import MockLLM
+
+            # No LLM: answer with the retrieved nodes (no_text) instead of resolving Settings.llm,
+            # which would fail without an OpenAI key. MockLLM is never called in this mode.
+            synthesizer = get_response_synthesizer(llm=MockLLM(), response_mode=ResponseMode.NO_TEXT)
+        else:
+            synthesizer = get_response_synthesizer(llm=self.llm)
+        self.query_engine = RetrieverQueryEngine(self.retriever, response_synthesizer=synthesizer)
+
+    def add(self, documents: Sequence[Document] | None = None, nodes: Sequence[BaseNode] | None = None, chunk_size: int = 128, chunk_overlap: int = 16) -> None:
+        """Append documents or nodes; the full-text index is rebuilt so they are searchable at once."""
+        if documents is not None:
+            nodes = _document_nodes(documents, self.lancedb_index.embed_model, chunk_size, chunk_overlap)
+        if not nodes:
+            raise TuningError("nothing to add: pass documents= or nodes=")
+        self.lancedb_index.add(nodes)
+        self._build_views()
+
+    def get_modules(self) -> dict[str, Any]:
+        return {
+            "vector_store": self.vector_store,
+            "index": self.index,
+            "embed_model": self.lancedb_index.embed_model,
+            "table": self.lancedb_index.table,
+            "retrievers": self.retrievers,
+            "retriever": self.retriever,
+            "reranker": self.reranker,
+            "hybrid_reranker": self.hybrid_reranker,
+            "query_engine": self.query_engine,
+            "llm": self.llm,
+        }
+
+    def run(self, query: str, **kwargs: Any) -> Any:
+        """Answer `query` with the LLM; without one, return the retrieved nodes."""
+        if self.llm is None:
+            nodes: list[NodeWithScore] = self.retriever.retrieve(query)
+            return nodes
+        return self.query_engine.query(query, **kwargs)

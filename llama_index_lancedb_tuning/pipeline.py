@@ -1,0 +1,200 @@
+"""The whole loop: split, measure the baseline, fine-tune, index, measure again, report.
+
+Each finished stage leaves its result in the output directory, so a killed run restarts
+where it stopped; a directory holding a finished report is refused unless forced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llama_index.core.schema import TextNode
+
+from .data import QADataset, chunk_corpus, model_tokenizer
+from .errors import TuningError
+from .evaluate import EvalResult, comparison_plot, comparison_table, evaluate_retrievers, with_significance
+from .finetune import EmbeddingFinetuner, FinetuneConfig
+from .index import LanceDBIndex
+from .models import DEFAULT_MODEL, resolve_model
+from .rerank import hybrid_reranker, node_reranker, reranker_name
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs besides its data; defaults are the package's recommended recipe."""
+
+    k: int = 5
+    test_size: float = 0.2
+    seed: int = 42
+    chunk_size: int = 128
+    chunk_overlap: int = 16
+    reranker: str = "fusion"
+    hybrid: str = "rrf"
+    rrf_k: int = 60
+    overfetch: int = 2
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+def build_nodes(dataset: QADataset, model: str | None, config: RunConfig) -> list[TextNode]:
+    return chunk_corpus(dataset.corpus, model_tokenizer(resolve_model(model)), config.chunk_size, config.chunk_overlap)
+
+
+def score_model(
+    model: str | None,
+    label: str,
+    nodes: list[TextNode],
+    test: QADataset,
+    uri: str,
+    table_name: str,
+    config: RunConfig,
+    timings: dict[str, float],
+) -> list[EvalResult]:
+    """Index `nodes` with `model` into a fresh table and score the five query types on `test`.
+
+    Adds the seconds spent to `timings["index"]` and `timings["evaluate"]`.
+    """
+    t = time.perf_counter()
+    index = LanceDBIndex.build(nodes, model, uri=uri, table_name=table_name, mode="overwrite")
+    timings["index"] = round(timings.get("index", 0.0) + time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    reranker = node_reranker(config.reranker, config.k, index.embed_model, index.table)
+    retrievers = index.retrievers(config.k, reranker, hybrid_reranker(config.hybrid, config.rrf_k), config.overfetch)
+    names = {qt: (reranker_name(reranker) if qt.startswith("reranked_") else f"lancedb.{config.hybrid}" if qt == "hybrid" else None) for qt in retrievers}
+    results = evaluate_retrievers(retrievers, test, config.k, label, names)
+    timings["evaluate"] = round(timings.get("evaluate", 0.0) + time.perf_counter() - t, 2)
+    return results
+
+
+def _cached_results(path: Path) -> list[EvalResult] | None:
+    if not path.exists():
+        return None
+    rows = json.loads(path.read_text())
+    return [EvalResult(**{**r, "ci95": tuple(r["ci95"])}) for r in rows]
+
+
+def _save_results(path: Path, results: list[EvalResult]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([{**r.to_dict(), "per_query": r.per_query} for r in results]))
+    tmp.replace(path)
+
+
+def prepare_output(out: Path, force: bool) -> None:
+    if (out / "report.json").exists():
+        if not force:
+            raise TuningError(f"{out} already holds a finished report; pass --force to redo it or choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> str:
+    table = comparison_table(results, k)
+    comparison_plot(results, out / "report.png", k)
+    (out / "report.md").write_text(
+        f"# Retrieval before and after fine-tuning\n\nbase model: `{report['base_model']}` · tuned model: "
+        f"`{report['tuned_model']}` · {report['dataset']['n_test_queries']} held-out queries · k={k}\n\n{table}\n"
+    )
+    # report.json last: its presence marks the run finished.
+    tmp = out / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out / "report.json")
+    return table
+
+
+def tune_and_evaluate(
+    dataset: QADataset,
+    out: str | Path,
+    config: RunConfig | None = None,
+    train: QADataset | None = None,
+    test: QADataset | None = None,
+    dataset_path: str = "",
+    force: bool = False,
+    resume: bool = True,
+) -> dict:
+    """Baseline vs tuned on held-out queries; writes report.md/json/png and model/ under `out`.
+
+    Without `train`/`test`, `dataset` is split by query (seeded). `train` may carry other
+    queries than `dataset` (generated pairs); `test` queries are never trained on.
+    """
+    config = config or RunConfig()
+    out = Path(out)
+    prepare_output(out, force)
+    t0 = time.perf_counter()
+    if train is None or test is None:
+        train, test = dataset.split(config.test_size, config.seed)
+    overlap = set(train.queries.values()) & set(test.queries.values())
+    if overlap:
+        raise TuningError(f"{len(overlap)} test queries also appear among training queries; remove them from the training data")
+    base = config.finetune.base_model
+    nodes = build_nodes(dataset, base, config)
+    uri = str(out / "lancedb")
+    timings: dict[str, float] = {}
+
+    baseline = _cached_results(out / "baseline_results.json")
+    if baseline is None:
+        baseline = score_model(base, "baseline", nodes, test, uri, "baseline", config, timings)
+        _save_results(out / "baseline_results.json", baseline)
+
+    model_dir = out / "model"
+    t = time.perf_counter()
+    if not (model_dir / "metrics.json").exists():
+        train_nodes = build_nodes(train, base, config) if train.corpus is not dataset.corpus else nodes
+        EmbeddingFinetuner(config.finetune).fit(train, model_dir, train_nodes, resume=resume)
+    timings["finetune"] = round(time.perf_counter() - t, 2)
+
+    tuned = score_model(str(model_dir), "tuned", nodes, test, uri, "tuned", config, timings)
+    with_significance(baseline, tuned)
+    timings["total"] = round(time.perf_counter() - t0, 2)
+
+    results = baseline + tuned
+    report = {
+        "k": config.k,
+        "base_model": base or DEFAULT_MODEL,
+        "tuned_model": str(model_dir),
+        "dataset": {
+            "path": dataset_path,
+            "n_corpus": len(dataset.corpus),
+            "n_nodes": len(nodes),
+            "n_train_queries": len(train),
+            "n_test_queries": len(test),
+        },
+        "results": [r.to_dict() for r in results],
+        "finetune_metrics": json.loads((model_dir / "metrics.json").read_text()),
+        "timings_s": timings,
+    }
+    report["table"] = write_report(out, report, results, config.k)
+    return report
+
+
+def evaluate_model(
+    dataset: QADataset,
+    model: str | None,
+    out: str | Path,
+    config: RunConfig | None = None,
+    dataset_path: str = "",
+    force: bool = False,
+) -> dict:
+    """Score one model on every query of a labeled dataset (no training: all queries are test queries)."""
+    config = config or RunConfig()
+    out = Path(out)
+    prepare_output(out, force)
+    t0 = time.perf_counter()
+    nodes = build_nodes(dataset, model, config)
+    timings: dict[str, float] = {}
+    results = score_model(model, "model", nodes, dataset, str(out / "lancedb"), "model", config, timings)
+    report = {
+        "k": config.k,
+        "base_model": model or DEFAULT_MODEL,
+        "tuned_model": None,
+        "dataset": {"path": dataset_path, "n_corpus": len(dataset.corpus), "n_nodes": len(nodes), "n_train_queries": 0, "n_test_queries": len(dataset)},
+        "results": [r.to_dict() for r in results],
+        "timings_s": {**timings, "total": round(time.perf_counter() - t0, 2)},
+    }
+    report["table"] = write_report(out, report, results, config.k)
+    return report

@@ -1,0 +1,39 @@
+import numpy as np
+from llama_index.core.schema import NodeRelationship, NodeWithScore, RelatedNodeInfo, TextNode
+
+from llama_index_lancedb_tuning.evaluate import bootstrap_ci, comparison_plot, comparison_table, mcnemar_p, reciprocal_ranks, EvalResult
+
+
+def _hit(doc):
+    return NodeWithScore(node=TextNode(text="x", relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=doc)}), score=1.0)
+
+
+def test_reciprocal_rank_counts_source_documents_and_empty_lists_are_misses():
+    results = [[_hit("a"), _hit("b")], [_hit("c"), _hit("c"), _hit("b")], [], [_hit("z")] * 6 + [_hit("b")]]
+    rr = reciprocal_ranks(results, [{"b"}, {"b"}, {"b"}, {"b"}], k=5)
+    assert rr.tolist() == [0.5, 1 / 3, 0.0, 0.0]
+
+
+def test_bootstrap_ci_brackets_the_mean():
+    values = np.array([1.0] * 30 + [0.0] * 10)
+    low, high = bootstrap_ci(values)
+    assert low < 0.75 < high and 0.55 < low and high < 0.9
+
+
+def test_mcnemar_exact():
+    before = np.array([0] * 10 + [1] * 10)
+    after = np.array([1] * 10 + [1] * 10)
+    assert mcnemar_p(before, after) == 2 * 0.5**10
+    assert mcnemar_p(before, before) == 1.0
+
+
+def test_table_and_plot(tmp_path):
+    rows = [
+        EvalResult("baseline", "vector", None, 0.5, 0.4, (0.4, 0.6), 44, 1.0, per_query=[0.0, 1.0]),
+        EvalResult("tuned", "vector", None, 0.75, 0.6, (0.6, 0.9), 44, 1.0, p_vs_baseline=0.03, per_query=[1.0, 1.0]),
+    ]
+    table = comparison_table(rows)
+    assert "| Vector search | — | 44 | 0.500 [0.400, 0.600] | 0.750 [0.600, 0.900] |" in table
+    assert "+0.250" in table
+    png = comparison_plot(rows, tmp_path / "r.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"

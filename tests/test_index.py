@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+from llama_index.core.schema import TextNode
+
+from llama_index_lancedb_tuning import LanceDBIndex, TuningError, evaluate_retriever, hybrid_reranker, node_reranker
+from llama_index_lancedb_tuning.index import embed_queries, embed_texts
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, small_nodes, embed_model):
+    uri = str(tmp_path_factory.mktemp("lancedb"))
+    return LanceDBIndex.build(small_nodes, embed_model, uri=uri, table_name="t", show_progress=False), uri
+
+
+def test_vector_scores_are_cosine_similarities(built, small_dataset, embed_model):
+    index, _ = built
+    query = small_dataset.queries[small_dataset.query_ids[0]]
+    hits = index.retriever("vector", 5).retrieve(query)
+    assert len(hits) == 5
+    q = embed_queries(embed_model, [query])[0]
+    expected = embed_texts(embed_model, [h.node.text for h in hits]) @ q
+    np.testing.assert_allclose([h.score for h in hits], expected, atol=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_fts_scores_come_from_bm25_and_no_match_is_empty(built):
+    index, _ = built
+    hits = index.retriever("fts", 5).retrieve("reinforcement learning human feedback reward model")
+    assert hits and all(h.score > 1.0 for h in hits)  # BM25 scores, not 1..0 rank placeholders
+    assert len({round(h.score, 4) for h in hits}) > 1
+    assert index.retriever("fts", 5).retrieve("qqqzzzxxy") == []
+
+
+def test_hybrid_and_reranked_retrievers_return_k_scored_nodes(built, small_dataset):
+    index, _ = built
+    reranker = node_reranker("fusion", 5, index.embed_model, index.table)
+    retrievers = index.retrievers(5, reranker, hybrid_reranker("rrf"))
+    assert set(retrievers) == {"vector", "fts", "reranked_vector", "reranked_fts", "hybrid"}
+    query = small_dataset.queries[small_dataset.query_ids[1]]
+    for name, retriever in retrievers.items():
+        hits = retriever.retrieve(query)
+        assert 0 < len(hits) <= 5, name
+        assert all(h.score is not None and h.score > 0 for h in hits), name
+
+
+def test_hit_rates_on_real_data_are_in_the_expected_range(built, small_dataset):
+    index, _ = built
+    result = evaluate_retriever(index.retriever("vector", 5), small_dataset, 5)
+    # 40 queries over 20 contexts: the untuned MiniLM finds most of them, not all.
+    assert 0.6 <= result.hit_rate <= 0.98
+    assert result.n == 40 and result.ci95[0] <= result.hit_rate <= result.ci95[1]
+    batched = result.per_query
+    looped = [evaluate_retriever(index.retriever("vector", 5), small_dataset.subset([q]), 5).per_query[0] for q in small_dataset.query_ids[:5]]
+    assert batched[:5] == looped
+
+
+def test_existing_table_is_never_overwritten_by_default(built, small_nodes, embed_model):
+    index, uri = built
+    rows = index.table.count_rows()
+    with pytest.raises(TuningError, match="already exists.*mode='append'.*mode='overwrite'"):
+        LanceDBIndex.build(small_nodes[:3], embed_model, uri=uri, table_name="t", show_progress=False)
+    assert index.table.count_rows() == rows
+
+
+def test_reopen_gives_identical_results_without_reembedding(built, small_dataset, embed_model):
+    index, uri = built
+    reopened = LanceDBIndex.open(embed_model, uri=uri, table_name="t")
+    for qid in small_dataset.query_ids[:5]:
+        q = small_dataset.queries[qid]
+        a = [(h.node.node_id, round(h.score, 5)) for h in index.retriever("hybrid", 5).retrieve(q)]
+        b = [(h.node.node_id, round(h.score, 5)) for h in reopened.retriever("hybrid", 5).retrieve(q)]
+        assert a == b
+
+
+def test_append_keeps_fulltext_current_and_tolerates_new_metadata(tmp_path, small_nodes, embed_model):
+    index = LanceDBIndex.build(small_nodes[:5], embed_model, uri=str(tmp_path), table_name="t", show_progress=False)
+    extra = TextNode(text="Zanzibar pangolins migrate at dusk.", metadata={"brand_new_key": 1})  # no source relationship
+    index.add([extra])
+    hits = index.retriever("fts", 3).retrieve("pangolins Zanzibar")
+    assert hits[0].node.text == extra.text and hits[0].node.metadata["brand_new_key"] == 1
+    index.add(small_nodes[5:7])
+    assert index.table.count_rows() == 8
+
+
+def test_other_dimension_is_a_clear_error(built):
+    from llama_index.core.embeddings import MockEmbedding
+
+    _, uri = built
+    with pytest.raises(TuningError, match="384-dim vectors but the model makes 8-dim"):
+        LanceDBIndex.open(MockEmbedding(embed_dim=8), uri=uri, table_name="t")
+
+
+def test_k_larger_than_corpus_returns_what_there_is(tmp_path, small_nodes, embed_model):
+    index = LanceDBIndex.build(small_nodes[:3], embed_model, uri=str(tmp_path), table_name="t", show_progress=False)
+    assert len(index.retriever("vector", 50).retrieve("llama")) == 3
+
+
+def test_llamaindex_vector_store_reads_our_table(built, small_dataset):
+    index, _ = built
+    query = small_dataset.queries[small_dataset.query_ids[2]]
+    ours = [h.node.node_id for h in index.retriever("vector", 5).retrieve(query)]
+    theirs = [h.node.node_id for h in index.vector_store_index().as_retriever(similarity_top_k=5).retrieve(query)]
+    assert ours == theirs
