@@ -39,6 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--loss", choices=["mnrl", "cached_mnrl", "gist"], default=None)
     run.add_argument("--hard-negatives", type=int, default=None, help="mined hard negatives per pair (0: none)")
     run.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints left by a killed run")
+    run.add_argument(
+        "--pairs",
+        choices=["labeled", "offline", "llm"],
+        default=None,
+        help="where training pairs come from (default: labeled for a labeled CSV, else offline; llm with --llm)",
+    )
+    run.add_argument("--llm", default=None, help="openai:MODEL or ollama:MODEL, for --pairs llm")
+    run.add_argument("--queries", default=None, help="labeled CSV to evaluate on when DATA is a documents directory or file")
+
+    gen = sub.add_parser("generate", help="training pairs from raw documents (PDF, Markdown, text, CSV)")
+    gen.add_argument("docs", help="a documents directory or file")
+    gen.add_argument("--out", required=True, help="QA dataset JSON to write (resumes from its .progress.jsonl)")
+    gen.add_argument("--llm", default="offline", help="openai:MODEL, ollama:MODEL or offline (default)")
+    gen.add_argument("--questions-per-chunk", type=int, default=2)
+    gen.add_argument("--max-concurrency", type=int, default=4)
+    gen.add_argument("--chunk-size", type=int, default=128, help="node size in model tokens (default 128)")
+    gen.add_argument("--chunk-overlap", type=int, default=16)
+    gen.add_argument("--base-model", default=None, help="model whose tokenizer sizes the chunks (default: bundled MiniLM)")
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ev = sub.add_parser("evaluate", help="score one model on a labeled CSV (all queries are test queries)")
     _add_common(ev)
@@ -63,20 +83,50 @@ def _run_config(args: argparse.Namespace):
         }
         config.finetune = replace(config.finetune, **{k: v for k, v in overrides.items() if v is not None}, k=args.k, seed=args.seed, show_progress=not args.quiet)
         config.test_size, config.seed = args.test_size, args.seed
+        config.llm = args.llm
+        config.pairs = args.pairs or ("llm" if args.llm else "offline" if args.queries else "labeled")
     return config
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from .data import chunk_corpus, load_documents, model_tokenizer
+    from .generate import generate_llm_pairs, generate_offline_pairs, llm_from_spec
+    from .models import resolve_model
+
+    documents = load_documents(args.docs)
+    nodes = chunk_corpus(documents, model_tokenizer(resolve_model(args.base_model)), args.chunk_size, args.chunk_overlap)
+    llm = llm_from_spec(args.llm)
+    if llm is None:
+        pairs = generate_offline_pairs(nodes, seed=args.seed)
+        pairs.save_json(args.out)
+    else:
+        pairs = generate_llm_pairs(nodes, llm, args.out, args.questions_per_chunk, max_concurrency=args.max_concurrency, show_progress=not args.quiet)
+    print(f"{len(pairs)} training pairs from {len(nodes)} nodes of {len(documents)} documents -> {args.out}")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    from .data import load_dataset
+    from pathlib import Path
+
+    from .data import load_dataset, load_documents
     from .pipeline import evaluate_model, tune_and_evaluate
 
+    if args.command == "generate":
+        return _generate(args)
     if args.k < 1:
         raise TuningError(f"--k must be at least 1, got {args.k}")
-    dataset = load_dataset(args.data, args.query_column, args.context_column)
     config = _run_config(args)
     if args.command == "run":
-        report = tune_and_evaluate(dataset, args.out, config, dataset_path=args.data, force=args.force, resume=not args.no_resume)
+        documents = None
+        labeled = args.data
+        if getattr(args, "queries", None):
+            documents, labeled = load_documents(args.data), args.queries
+        elif Path(args.data).is_dir():
+            raise TuningError(f"{args.data} is a documents directory; pass a labeled CSV to evaluate on with --queries")
+        dataset = load_dataset(labeled, args.query_column, args.context_column)
+        report = tune_and_evaluate(dataset, args.out, config, documents, dataset_path=labeled, force=args.force, resume=not args.no_resume)
     else:
+        dataset = load_dataset(args.data, args.query_column, args.context_column)
         report = evaluate_model(dataset, args.model, args.out, config, dataset_path=args.data, force=args.force)
     print(report["table"])
     print(f"\nreport: {args.out}/report.md, report.json, report.png")
@@ -86,7 +136,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if args.quiet:
+    if getattr(args, "quiet", False):
         import os
 
         os.environ["TQDM_DISABLE"] = "1"

@@ -187,7 +187,13 @@ def model_tokenizer(model_path: str) -> Callable[[str], list]:
     """The embedding model's own tokenizer, so chunk sizes are counted in its tokens."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except Exception as exc:  # the hub and transformers raise many types for "not found / offline"
+        raise TuningError(
+            f"cannot load the tokenizer of model '{model_path}' ({type(exc).__name__}); pass a local model directory "
+            "or a hub id reachable from this machine"
+        ) from None
     return lambda text: tokenizer.encode(text, add_special_tokens=False)
 
 

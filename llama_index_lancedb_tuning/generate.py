@@ -1,7 +1,8 @@
 """Training pairs (question -> node) from unlabeled nodes: with any LlamaIndex LLM, or offline.
 
-The output is a `QADataset` whose corpus is the node texts and whose relevant docs are
-node ids, the JSON shape `lancedb-tune finetune` and llama-index-finetuning read.
+Both return a `QADataset`, the JSON shape `lancedb-tune finetune` and llama-index-finetuning
+read: with an LLM the corpus is the node texts keyed by node id; offline each pair has its
+own corpus entry (see `generate_offline_pairs`).
 """
 
 from __future__ import annotations
@@ -452,7 +453,7 @@ def _salient_terms(sentence: str, idf: dict[str, float], rng: random.Random) -> 
 
 def generate_offline_pairs(
     nodes: Sequence[BaseNode],
-    queries_per_chunk: int = 2,
+    queries_per_chunk: int = 1,
     question_fraction: float = 0.5,
     keep_sentence_probability: float = 0.1,
     seed: int = 42,
@@ -465,7 +466,8 @@ def generate_offline_pairs(
     context rather than on the copied words. A `question_fraction` of the queries are
     recast as questions naming the sentence's rarest terms ("How does X Y work?"), which
     moves the pseudo-queries toward the form real users type. Sentences are drawn without
-    replacement, `queries_per_chunk` per chunk.
+    replacement, `queries_per_chunk` per chunk; chunks without two sentences of six or
+    more words (tables, lists) give no pairs.
 
     The positives differ from the nodes, so each pair gets its own corpus entry,
     `NODE_ID#K`; `relevant_docs` points there and `source_node_id` maps it back.

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.llms import LLM
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.query_engine import RetrieverQueryEngine
-from llama_index.core.response_synthesizers import ResponseMode, get_response_synthesizer
+from llama_index.core.response_synthesizers import get_response_synthesizer
+from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.schema import BaseNode, Document, NodeWithScore
 
 from .data import chunk_corpus
@@ -101,9 +105,10 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         if self.llm is None:
             from llama_index.core.llms import MockLLM
 
-            # No LLM: answer with the retrieved nodes (no_text) instead of resolving Settings.llm,
-            # which would fail without an OpenAI key. MockLLM is never called in this mode.
-            synthesizer = get_response_synthesizer(llm=MockLLM(), response_mode=ResponseMode.NO_TEXT)
+            # No LLM: answer with the retrieved nodes (no text). Built directly, because
+            # get_response_synthesizer drops `llm` for NO_TEXT and the synthesizer then resolves
+            # Settings.llm, which fails without an OpenAI key. MockLLM is never called here.
+            synthesizer = NoText(llm=MockLLM())
         else:
             synthesizer = get_response_synthesizer(llm=self.llm)
         self.query_engine = RetrieverQueryEngine(self.retriever, response_synthesizer=synthesizer)
@@ -137,3 +142,56 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             nodes: list[NodeWithScore] = self.retriever.retrieve(query)
             return nodes
         return self.query_engine.query(query, **kwargs)
+
+
+_PACKAGE = "llama_index_lancedb_tuning"  # fixed: a copy of this file must still import from the installed package
+_RELATIVE_IMPORT = re.compile(r"^([ \t]*)from \.+(\w[\w.]*)? import ", re.MULTILINE)
+_PACK_FILES = ("__init__.py", "base.py", "README.md")
+
+
+def pack_source() -> str:
+    """This module's source with relative imports made absolute, so a copy imports from anywhere."""
+    source = Path(__file__).read_text(encoding="utf-8")
+
+    def absolute(m: re.Match[str]) -> str:
+        module = f"{_PACKAGE}.{m.group(2)}" if m.group(2) else _PACKAGE
+        return f"{m.group(1)}from {module} import "
+
+    out = _RELATIVE_IMPORT.sub(absolute, source)
+    tree = ast.parse(out)  # a rewrite we missed would fail at import time in the user's copy; fail here instead
+    if any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree)):
+        raise TuningError("pack source still has relative imports after rewriting; report this as a bug")
+    return out
+
+
+def write_pack_source(dest: str | Path, overwrite: bool = False) -> Path:
+    """Write an editable copy of the pack into `dest` (``__init__.py``, ``base.py``, ``README.md``).
+
+    The copy imports the rest of this package absolutely, so only the pack itself is yours
+    to change. An existing non-empty folder is refused unless `overwrite`; even then only
+    the three files above are replaced, nothing else in the folder is touched.
+    """
+    dest = Path(dest).expanduser()
+    if dest.exists() and not dest.is_dir():
+        raise TuningError(f"{dest} is a file; pass a folder for the pack source")
+    if dest.is_dir() and any(dest.iterdir()) and not overwrite:
+        raise TuningError(f"{dest} exists and is not empty; pick a new folder or pass overwrite=True (--overwrite)")
+    dest.mkdir(parents=True, exist_ok=True)
+    name = FinetunedLanceDBRetrieverPack.__name__
+    files = {
+        "base.py": pack_source(),
+        "__init__.py": f'"""Editable copy of {name}; the pack lives in base.py."""\n\nfrom .base import {name}, write_pack_source\n\n__all__ = ["{name}", "write_pack_source"]\n',
+        "README.md": (
+            f"# {name} (editable copy)\n\n"
+            f"Written by `lancedb-tune download-pack` from {_PACKAGE}. Edit `base.py` freely; it imports the\n"
+            f"index, rerankers and data helpers from the installed `{_PACKAGE}` package.\n\n"
+            "```python\n"
+            f"from {dest.name if dest.name.isidentifier() else 'my_pack'} import {name}\n\n"
+            f"pack = {name}(documents=docs, embed_model=\"path/to/tuned-model\", uri=\"./lancedb\")\n"
+            'nodes = pack.run("what changed in 2021?")\n'
+            "```\n"
+        ),
+    }
+    for filename in _PACK_FILES:
+        (dest / filename).write_text(files[filename], encoding="utf-8")
+    return dest

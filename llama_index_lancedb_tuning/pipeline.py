@@ -39,6 +39,8 @@ class RunConfig:
     hybrid: str = "rrf"
     rrf_k: int = 60
     overfetch: int = 2
+    pairs: str = "labeled"
+    llm: str | None = None
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
@@ -107,27 +109,58 @@ def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> 
     return table
 
 
+def training_data(
+    dataset: QADataset, out: Path, config: RunConfig, documents: dict[str, str] | None
+) -> tuple[QADataset, QADataset, bool]:
+    """(train, test, train_is_node_level) for the configured source of training pairs.
+
+    `labeled`: a seeded split of `dataset` by query. `offline`/`llm`: pairs generated from
+    `documents` (default: the dataset's own corpus), saved to `out/pairs.json` as they are
+    made; none of the dataset's queries is trained on, so all are test queries.
+    """
+    if config.pairs == "labeled":
+        if documents is not None:
+            raise TuningError("a documents directory has no labeled pairs; pass --pairs offline or --pairs llm")
+        train, test = dataset.split(config.test_size, config.seed)
+        return train, test, False
+    if config.pairs not in ("offline", "llm"):
+        raise TuningError(f"unknown --pairs '{config.pairs}'; use labeled, offline or llm")
+    from .generate import generate_llm_pairs, generate_offline_pairs, llm_from_spec
+
+    pairs_path = out / "pairs.json"
+    if pairs_path.exists():
+        return QADataset.from_json(pairs_path), dataset, True
+    nodes = chunk_corpus(documents or dataset.corpus, model_tokenizer(resolve_model(config.finetune.base_model)), config.chunk_size, config.chunk_overlap)
+    llm = llm_from_spec(config.llm or "offline") if config.pairs == "llm" else None
+    if config.pairs == "llm" and llm is None:
+        raise TuningError("--pairs llm needs --llm openai:MODEL or ollama:MODEL")
+    if llm is None:
+        train = generate_offline_pairs(nodes, seed=config.seed)
+        train.save_json(pairs_path)
+    else:
+        train = generate_llm_pairs(nodes, llm, pairs_path)
+    return train, dataset, True
+
+
 def tune_and_evaluate(
     dataset: QADataset,
     out: str | Path,
     config: RunConfig | None = None,
-    train: QADataset | None = None,
-    test: QADataset | None = None,
+    documents: dict[str, str] | None = None,
     dataset_path: str = "",
     force: bool = False,
     resume: bool = True,
 ) -> dict:
     """Baseline vs tuned on held-out queries; writes report.md/json/png and model/ under `out`.
 
-    Without `train`/`test`, `dataset` is split by query (seeded). `train` may carry other
-    queries than `dataset` (generated pairs); `test` queries are never trained on.
+    Training pairs come from `config.pairs` (see `training_data`); test queries are never
+    trained on. `documents` (doc id -> text) tunes on another corpus than the dataset's.
     """
     config = config or RunConfig()
     out = Path(out)
     prepare_output(out, force)
     t0 = time.perf_counter()
-    if train is None or test is None:
-        train, test = dataset.split(config.test_size, config.seed)
+    train, test, node_level = training_data(dataset, out, config, documents)
     overlap = set(train.queries.values()) & set(test.queries.values())
     if overlap:
         raise TuningError(f"{len(overlap)} test queries also appear among training queries; remove them from the training data")
@@ -144,8 +177,8 @@ def tune_and_evaluate(
     model_dir = out / "model"
     t = time.perf_counter()
     if not (model_dir / "metrics.json").exists():
-        train_nodes = build_nodes(train, base, config) if train.corpus is not dataset.corpus else nodes
-        EmbeddingFinetuner(config.finetune).fit(train, model_dir, train_nodes, resume=resume)
+        # Generated pairs already point at passages; labeled ones point at whole documents.
+        EmbeddingFinetuner(config.finetune).fit(train, model_dir, None if node_level else nodes, resume=resume)
     timings["finetune"] = round(time.perf_counter() - t, 2)
 
     tuned = score_model(str(model_dir), "tuned", nodes, test, uri, "tuned", config, timings)
@@ -163,6 +196,7 @@ def tune_and_evaluate(
             "n_nodes": len(nodes),
             "n_train_queries": len(train),
             "n_test_queries": len(test),
+            "pairs": config.pairs,
         },
         "results": [r.to_dict() for r in results],
         "finetune_metrics": json.loads((model_dir / "metrics.json").read_text()),

@@ -2,7 +2,8 @@
 
 Serves `POST /v1/chat/completions` on 127.0.0.1 at a random port. By default it answers
 with questions derived from the prompt's passage; `script` queues special replies
-(`("status", 429)`, `("slow", seconds)`, `("text", "...")`) consumed one per request.
+(`("status", 429)`, `("slow", seconds)`, `("text", "...")`) consumed one per request, and
+`rules` maps a substring of the prompt to the reply every matching request gets.
 Run as a module (`python -m tests.openai_server` or this file) to serve until killed,
 printing the port first.
 """
@@ -29,16 +30,25 @@ def default_reply(prompt: str) -> str:
     return f"Here are the questions:\n1. What does the text say about {topic}?\n2. Why does {topic} matter?"
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients killed or timed out mid-request are part of the tests, not server bugs.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class OpenAIServer:
     """Start with `start()`, stop with `stop()`; `url` is the api_base for the openai SDK."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.script: deque[Action] = deque()
+        self.rules: dict[str, Action] = {}
         self.requests: list[dict[str, Any]] = []
         self.delay = delay  # every reply waits this long, to keep a run going for kill tests
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -53,9 +63,12 @@ class OpenAIServer:
         self._server.shutdown()
         self._server.server_close()
 
-    def _next_action(self, body: dict[str, Any]) -> Action | None:
+    def _next_action(self, body: dict[str, Any], prompt: str) -> Action | None:
         with self._lock:
             self.requests.append(body)
+            for needle, action in self.rules.items():
+                if needle in prompt:
+                    return action
             return self.script.popleft() if self.script else None
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -72,11 +85,12 @@ class OpenAIServer:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
-                action = server._next_action(body)
+                prompt = body["messages"][-1]["content"]
+                prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
+                action = server._next_action(body, prompt)
                 if server.delay:
                     time.sleep(server.delay)
-                prompt = body["messages"][-1]["content"]
-                text = default_reply(prompt if isinstance(prompt, str) else json.dumps(prompt))
+                text = default_reply(prompt)
                 if action is not None:
                     kind, value = action
                     if kind == "status":

@@ -73,8 +73,8 @@ def test_happy_path_writes_a_qa_dataset(server, tmp_path):
     assert reloaded.to_dict() == dataset.to_dict()
     # The prompt carries the passage and the requested count, through the chat endpoint.
     assert len(server.requests) == 5
-    prompt = server.requests[0]["messages"][-1]["content"]
-    assert "Section 0 covers llamas" in prompt and "Write 2 different questions" in prompt
+    prompts = [r["messages"][-1]["content"] for r in server.requests]
+    assert sum("Section 0 covers llamas" in p and "Write 2 different questions" in p for p in prompts) == 1
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
@@ -97,19 +97,25 @@ def test_slow_reply_times_out_and_is_retried(server, tmp_path):
 def test_persistent_failure_is_a_clear_error_and_keeps_finished_chunks(server, tmp_path):
     nodes = make_nodes(4)
     out = tmp_path / "p.json"
-    # Requests are served in order with concurrency 1: chunk 0 succeeds, chunk 1 fails every try.
-    server.script.extend([("text", "What is one?\nWhat is two?")] + [("status", 500)] * 3)
-    with pytest.raises(TuningError, match=r"1 of 4 chunks failed after 2 retries .*rerun the same command"):
-        generate_llm_pairs(nodes, client(server), out, max_concurrency=1, max_retries=2, max_failed_fraction=0.0, **FAST)
+    server.rules["Section 1 covers"] = ("status", 500)
+    with pytest.raises(TuningError, match=r"1 of 4 chunks failed after 2 retries .*doc-1:0.*rerun the same command"):
+        generate_llm_pairs(nodes, client(server), out, max_retries=2, max_failed_fraction=0.0, **FAST)
     assert not out.exists()
+    assert sum("Section 1 covers" in r["messages"][-1]["content"] for r in server.requests) == 3
     records = [json.loads(line) for line in progress_path(out).read_text().splitlines()[1:]]
-    assert [r["node_id"] for r in records] == ["doc-0:0", "doc-2:0", "doc-3:0"]
+    assert sorted(r["node_id"] for r in records) == ["doc-0:0", "doc-2:0", "doc-3:0"]
 
-    # Within the allowed fraction the run completes, and a rerun asks only for the missing chunk.
+    # Once the server recovers, a rerun asks only for the missing chunk.
+    server.rules.clear()
     asked = len(server.requests)
-    dataset = generate_llm_pairs(nodes, client(server), out, max_concurrency=1, **FAST)
+    dataset = generate_llm_pairs(nodes, client(server), out, **FAST)
     assert len(server.requests) == asked + 1
     assert len(dataset.queries) == 8
+
+    # Within the allowed fraction, a failing chunk is left out and the run completes.
+    server.rules["Section 2 covers"] = ("status", 503)
+    dataset = generate_llm_pairs(make_nodes(6)[2:], client(server), tmp_path / "q.json", max_retries=1, max_failed_fraction=0.25, **FAST)
+    assert sorted({d for docs in dataset.relevant_docs.values() for d in docs}) == ["doc-3:0", "doc-4:0", "doc-5:0"]
 
 
 def test_auth_error_stops_at_once(server, tmp_path):
@@ -171,17 +177,20 @@ def test_killed_run_resumes_without_losing_or_duplicating_pairs(tmp_path):
     cmd = [sys.executable, "-c", KILL_SCRIPT, srv.url, str(out)]
     try:
         proc = subprocess.Popen(cmd, cwd=ROOT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (not sidecar.exists() or sidecar.read_text().count("\n") < 12):
-            time.sleep(0.02)
+        deadline = time.monotonic() + 240  # generous: the child's imports are slow on a busy machine
+        while time.monotonic() < deadline and proc.poll() is None:
+            if sidecar.exists() and sidecar.read_text().count("\n") > 12:
+                break
+            time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        time.sleep(0.3)  # let the server log requests the child sent just before dying
         done_before = [json.loads(line)["node_id"] for line in sidecar.read_text().splitlines()[1:]]
         assert 10 < len(done_before) < 40, "the kill should land mid-run"
         assert not out.exists()
 
         asked_before = len(srv.requests)
-        subprocess.run(cmd, cwd=ROOT, check=True, timeout=60)
+        subprocess.run(cmd, cwd=ROOT, check=True, timeout=240)
     finally:
         srv.stop()
     records = [json.loads(line) for line in sidecar.read_text().splitlines()[1:]]
@@ -258,7 +267,8 @@ def test_load_documents_reads_pdf_pages(tmp_path):
         writer.write(fh)
     docs = load_documents(tmp_path / "uber.pdf")
     assert list(docs) == ["uber.pdf:p1", "uber.pdf:p2", "uber.pdf:p3"]
-    assert "UNITED STATES" in docs["uber.pdf:p1"].upper() and "Uber Technologies" in docs["uber.pdf:p1"]
+    assert docs["uber.pdf:p1"].startswith("UNITED STATES\nSECURITIES AND EXCHANGE COMMISSION")
+    assert docs["uber.pdf:p3"].startswith("UBER TECHNOLOGIES, INC.\nTABLE OF CONTENTS")
 
 
 def test_load_documents_errors(tmp_path):
