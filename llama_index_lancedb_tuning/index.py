@@ -40,7 +40,7 @@ TableMode = Literal["create", "append", "overwrite"]
 DEFAULT_URI = "./lancedb"
 DEFAULT_TABLE = "nodes"
 _METADATA_FIELDS = ("_node_content", "_node_type", "doc_id", "document_id", "ref_doc_id")
-_RESULT_COLUMNS = ["id", "doc_id", "text", "metadata"]
+_RESULT_COLUMNS = ["id", "doc_id", "text", "metadata", "vector"]
 
 
 def load_embed_model(model: str | BaseEmbedding | None = None, embed_batch_size: int = 64) -> BaseEmbedding:
@@ -138,6 +138,19 @@ def open_table(db: lancedb.DBConnection, table_name: str) -> lancedb.table.Table
     return db.open_table(table_name)
 
 
+def missing_nodes(table: lancedb.table.Table | None, nodes: Iterable[BaseNode]) -> list[BaseNode]:
+    """The nodes whose ids `table` does not hold yet (all of them for no table), in order.
+
+    Resumes an interrupted ingest without duplicates: every batch is one commit, so the
+    table holds whole batches, and appending what this returns completes it
+    (`write_nodes(missing_nodes(table, nodes), ..., mode="append")`).
+    """
+    if table is None:
+        return list(nodes)
+    present = set(table.search().select(["id"]).limit(None).to_arrow().column("id").to_pylist())
+    return [node for node in nodes if node.node_id not in present]
+
+
 def write_nodes(
     nodes: Iterable[BaseNode],
     embed_model: BaseEmbedding,
@@ -205,7 +218,10 @@ def append_nodes(
 def _node_from_row(row: dict[str, Any]) -> BaseNode:
     meta = row["metadata"]
     if meta and meta.get("_node_content"):
-        return metadata_dict_to_node(meta)
+        node = metadata_dict_to_node(meta)
+        # The stored vector rides along so rerankers score candidates without re-embedding them.
+        node.embedding = row.get("vector")
+        return node
     from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
     return TextNode(
@@ -309,16 +325,18 @@ class RerankedRetriever(BaseRetriever):
         base.similarity_top_k = similarity_top_k * overfetch
         super().__init__(**kwargs)
 
-    def _rerank(self, nodes: list[NodeWithScore], query: str) -> list[NodeWithScore]:
+    def _rerank(self, nodes: list[NodeWithScore], query: QueryBundle) -> list[NodeWithScore]:
         if not nodes:
             return []
-        return self.postprocessor.postprocess_nodes(nodes, query_bundle=QueryBundle(query))[: self.similarity_top_k]
+        return self.postprocessor.postprocess_nodes(nodes, query_bundle=query)[: self.similarity_top_k]
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return self._rerank(self.base.retrieve(query_bundle), query_bundle.query_str)
+        return self._rerank(self.base.retrieve(query_bundle), query_bundle)
 
     def retrieve_many(self, queries: Sequence[str], batch_size: int = 64) -> list[list[NodeWithScore]]:
-        return [self._rerank(nodes, q) for q, nodes in zip(queries, self.base.retrieve_many(queries, batch_size))]
+        vectors = embed_queries(self.base.embed_model, queries, batch_size)
+        bundles = [QueryBundle(q, embedding=v.tolist()) for q, v in zip(queries, vectors)]
+        return [self._rerank(nodes, b) for b, nodes in zip(bundles, self.base.retrieve_many(queries, batch_size))]
 
 
 @dataclass

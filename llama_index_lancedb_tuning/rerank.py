@@ -78,13 +78,24 @@ class FusionRerank(BaseNodePostprocessor):
             return {}
         return {r["id"]: float(r["_score"]) for r in rows}
 
+    def _query_vector(self, query: QueryBundle) -> np.ndarray:
+        if query.embedding is not None:
+            return np.asarray(query.embedding, dtype=np.float32)
+        return embed_queries(self._embed_model, [query.query_str])[0]
+
+    def _passage_vectors(self, nodes: list[NodeWithScore]) -> np.ndarray:
+        """Stored vectors where the retriever brought them (normalised at ingest), else embedded now."""
+        if all(n.node.embedding is not None for n in nodes):
+            return np.asarray([n.node.embedding for n in nodes], dtype=np.float32)
+        return embed_texts(self._embed_model, [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes])
+
     def _postprocess_nodes(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None) -> list[NodeWithScore]:
         if query_bundle is None:
             raise TuningError("FusionRerank needs the query")
         if not nodes:
             return []
         query = query_bundle.query_str
-        dense = embed_texts(self._embed_model, [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]) @ embed_queries(self._embed_model, [query])[0]
+        dense = self._passage_vectors(nodes) @ self._query_vector(query_bundle)
         lexical = self._lexical_scores(query, nodes)
         lex = np.array([lexical.get(n.node.node_id, 0.0) for n in nodes])
         dense_rank = np.argsort(np.argsort(-dense, kind="stable"), kind="stable")
@@ -126,7 +137,7 @@ class _BoundedCohereClient:
 
     def _wait(self, attempt: int, headers: Any) -> None:
         delay = self.backoff * 2**attempt
-        retry_after = (headers or {}).get("retry-after") if hasattr(headers, "get") else None
+        retry_after = headers.get("retry-after") if headers else None
         if retry_after is not None:
             try:
                 delay = max(delay, float(retry_after))
