@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    dl = sub.add_parser("download-pack", help="write FinetunedLanceDBRetrieverPack's source into a folder to edit")
+    dl.add_argument("dest", help="folder to write (must be empty unless --force)")
+    dl.add_argument("--overwrite", action="store_true", help="replace the pack files in a non-empty folder")
+
     ev = sub.add_parser("evaluate", help="score one model on a labeled CSV (all queries are test queries)")
     _add_common(ev)
     ev.add_argument("--model", default=None, help="HF id or local path (default: bundled all-MiniLM-L6-v2)")
@@ -105,6 +109,42 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Out-of-range numbers fail here, not deep inside training after the baseline was scored."""
+    limits = [("--chunk-size", args.chunk_size, 1), ("--chunk-overlap", args.chunk_overlap, 0)]
+    if args.command == "run":
+        # One pair per batch leaves MNRL no in-batch negatives: the loss is 0 and nothing is learned.
+        limits += [("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 2), ("--hard-negatives", args.hard_negatives, 0)]
+        if args.lr is not None and not args.lr > 0:
+            raise TuningError(f"--lr must be a positive number, got {args.lr}")
+    for flag, value, least in limits:
+        if value is not None and value < least:
+            raise TuningError(f"{flag} must be at least {least}, got {value}")
+
+
+_SECRET_ENV = ("OPENAI_API_KEY", "COHERE_API_KEY", "CO_API_KEY")
+
+
+def _redact(text: str) -> str:
+    """Never echo an API key, even when a server quotes it back in its error."""
+    import os
+
+    for name in _SECRET_ENV:
+        secret = os.environ.get(name, "")
+        if len(secret) >= 8:
+            text = text.replace(secret, f"<{name}>")
+    return text
+
+
+class _RedactSecrets(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = _redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -113,8 +153,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "generate":
         return _generate(args)
+    if args.command == "download-pack":
+        from .pack import write_pack_source
+
+        print(f"pack source written to {write_pack_source(args.dest, overwrite=args.overwrite)}; import it from there and edit freely")
+        return 0
     if args.k < 1:
         raise TuningError(f"--k must be at least 1, got {args.k}")
+    _check_numbers(args)
     config = _run_config(args)
     if args.command == "run":
         documents = None
@@ -136,6 +182,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RedactSecrets) for f in handler.filters):
+            handler.addFilter(_RedactSecrets())
     if getattr(args, "quiet", False):
         import os
 
@@ -143,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except TuningError as exc:
-        print(f"lancedb-tune: error: {exc}", file=sys.stderr)
+        print(f"lancedb-tune: error: {_redact(' '.join(str(exc).split()))}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("lancedb-tune: interrupted; rerun the same command to resume", file=sys.stderr)

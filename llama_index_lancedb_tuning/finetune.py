@@ -29,6 +29,7 @@ from .models import resolve_model
 logger = logging.getLogger(__name__)
 
 LossName = Literal["mnrl", "cached_mnrl", "gist"]
+PositiveChoice = Literal["best", "all"]
 _SELECTION_METRIC = "cosine_mrr@10"
 
 
@@ -42,6 +43,7 @@ class FinetuneConfig:
     learning_rate: float = 5e-5
     warmup_ratio: float = 0.1
     loss: LossName = "mnrl"
+    positives: PositiveChoice = "best"
     hard_negatives: int = 0
     val_fraction: float = 0.2
     seed: int = 42
@@ -66,13 +68,15 @@ def source_nodes(dataset: QADataset, nodes: list[TextNode] | None) -> dict[str, 
     return grouped
 
 
-def training_pairs(dataset: QADataset, by_source: dict[str, list[TextNode]], model: SentenceTransformer) -> Dataset:
-    """One (anchor, positive) pair per query: the node of its relevant document that the model ranks first.
-
-    A long document is split into several nodes and usually only one holds the answer;
-    pairing the query with every node would teach it to match text that does not answer it.
+def training_pairs(
+    dataset: QADataset, by_source: dict[str, list[TextNode]], model: SentenceTransformer, positives: PositiveChoice = "best"
+) -> Dataset:
+    """(anchor, positive) pairs: per query, the node of its relevant document the model ranks first
+    (`best`), or every node of that document (`all`), which teaches the whole document's
+    neighbourhood rather than one passage.
     """
-    anchors, positives = [], []
+    anchors: list[str] = []
+    texts_out: list[str] = []
     candidates = {q: [n for d in dataset.relevant_docs[q] for n in by_source.get(d, [])] for q in dataset.query_ids}
     missing = [q for q, c in candidates.items() if not c]
     if missing:
@@ -81,10 +85,11 @@ def training_pairs(dataset: QADataset, by_source: dict[str, list[TextNode]], mod
     texts = sorted({n.text for c in candidates.values() for n in c})
     text_emb = dict(zip(texts, model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=64)))
     for q, qe in zip(dataset.query_ids, query_emb):
-        best = max(candidates[q], key=lambda n: float(text_emb[n.text] @ qe))
-        anchors.append(dataset.queries[q])
-        positives.append(best.text)
-    return Dataset.from_dict({"anchor": anchors, "positive": positives})
+        chosen = candidates[q] if positives == "all" else [max(candidates[q], key=lambda n: float(text_emb[n.text] @ qe))]
+        for node in chosen:
+            anchors.append(dataset.queries[q])
+            texts_out.append(node.text)
+    return Dataset.from_dict({"anchor": anchors, "positive": texts_out})
 
 
 def ir_evaluator(dataset: QADataset, by_source: dict[str, list[TextNode]], k: int, name: str) -> InformationRetrievalEvaluator:
@@ -166,7 +171,7 @@ class EmbeddingFinetuner:
         fit_ds, val_ds = train.split(cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (train, None)
         by_source = source_nodes(train, nodes)
         model = SentenceTransformer(resolve_model(cfg.base_model))
-        pairs = training_pairs(fit_ds, by_source, model)
+        pairs = training_pairs(fit_ds, by_source, model, cfg.positives)
         if cfg.hard_negatives > 0:
             pairs = self._with_hard_negatives(pairs, by_source, model)
         evaluator = ir_evaluator(val_ds, by_source, cfg.k, "val") if val_ds is not None else None
