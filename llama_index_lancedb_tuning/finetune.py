@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 from datasets import Dataset
 from llama_index.core.schema import TextNode
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -40,7 +41,7 @@ class FinetuneConfig:
     base_model: str | None = None
     epochs: int = 4
     batch_size: int = 32
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     warmup_ratio: float = 0.1
     loss: LossName = "mnrl"
     positives: PositiveChoice = "best"
@@ -49,6 +50,13 @@ class FinetuneConfig:
     seed: int = 42
     k: int = 5
     show_progress: bool = True
+    # False: no validation pass before training nor after each epoch (no best-epoch pick), one at
+    # the end; validation encodes the whole corpus, which costs more than a training epoch on small data.
+    eval_each_epoch: bool = True
+    # True: tune the query side only, against the base model's passage vectors (every node of
+    # the corpus is a negative); an index built with the base model stays valid, queries are
+    # embedded with the tuned model and passages with the base model. See QueryOnlyLoss.
+    freeze_passages: bool = False
 
 
 @dataclass
@@ -172,12 +180,16 @@ class EmbeddingFinetuner:
         by_source = source_nodes(train, nodes)
         model = SentenceTransformer(resolve_model(cfg.base_model))
         pairs = training_pairs(fit_ds, by_source, model, cfg.positives)
-        if cfg.hard_negatives > 0:
+        if cfg.hard_negatives > 0 and not cfg.freeze_passages:
             pairs = self._with_hard_negatives(pairs, by_source, model)
         evaluator = ir_evaluator(val_ds, by_source, cfg.k, "val") if val_ds is not None else None
         metrics: dict = {"config": asdict(cfg), "n_train_pairs": len(pairs), "n_val_queries": len(val_ds or [])}
-        if evaluator is not None:
+        loss = None
+        if cfg.freeze_passages:
+            loss, pairs, evaluator = QueryOnlyLoss.for_pairs(model, pairs, by_source), QueryOnlyLoss.label_pairs(pairs, by_source), None
+        if evaluator is not None and cfg.eval_each_epoch:
             metrics["val_before"] = _rounded(evaluator(model))
+        final_evaluator, evaluator = evaluator, evaluator if cfg.eval_each_epoch else None
 
         args = SentenceTransformerTrainingArguments(
             output_dir=str(output_dir / "checkpoints"),
@@ -203,14 +215,17 @@ class EmbeddingFinetuner:
             model=model,
             args=args,
             train_dataset=pairs,
-            loss=self._loss(model),
+            loss=loss or self._loss(model),
             evaluator=evaluator,
         )
         checkpoints = list((output_dir / "checkpoints").glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=bool(resume and checkpoints) or None)
+        if final_evaluator is not None:
+            metrics["val_after"] = _rounded(final_evaluator(model))
         if evaluator is not None:
-            metrics["val_after"] = _rounded(evaluator(model))
             metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
+        if cfg.freeze_passages and val_ds is not None:
+            metrics["val_after"] = loss.validation_hits(val_ds, by_source, cfg.k)
         model.save(str(output_dir))
         metrics["train_seconds"] = round(time.perf_counter() - start, 2)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -219,3 +234,55 @@ class EmbeddingFinetuner:
 
 def _rounded(scores: dict) -> dict:
     return {k: round(float(v), 4) for k, v in scores.items() if isinstance(v, (int, float, np.floating))}
+
+
+class QueryOnlyLoss(torch.nn.Module):
+    """Softmax over the whole corpus of frozen passage vectors; only the query encoder learns.
+
+    Each row is (query text, index of its positive node); the other nodes of the positive's
+    own document are masked, not counted as negatives. Passages are embedded once, by the
+    base model, so a training step runs the encoder on short queries only.
+    """
+
+    def __init__(self, model: SentenceTransformer, passages: torch.Tensor, source: torch.Tensor, scale: float = 20.0) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("passages", passages)
+        self.register_buffer("source", source)
+        self.scale = scale
+
+    @staticmethod
+    def node_texts(by_source: dict[str, list[TextNode]]) -> tuple[list[str], list[str]]:
+        items = sorted({(n.text, s) for s, ns in by_source.items() for n in ns})
+        return [t for t, _ in items], [s for _, s in items]
+
+    @classmethod
+    def for_pairs(cls, model: SentenceTransformer, pairs: Dataset, by_source: dict[str, list[TextNode]]) -> QueryOnlyLoss:
+        texts, sources = cls.node_texts(by_source)
+        vectors = model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_tensor=True).detach().clone()
+        codes = {s: i for i, s in enumerate(sorted(set(sources)))}
+        return cls(model, vectors, torch.tensor([codes[s] for s in sources]))
+
+    @classmethod
+    def label_pairs(cls, pairs: Dataset, by_source: dict[str, list[TextNode]]) -> Dataset:
+        position = {t: i for i, t in enumerate(cls.node_texts(by_source)[0])}
+        return Dataset.from_dict({"anchor": pairs["anchor"], "label": [position[t] for t in pairs["positive"]]})
+
+    def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
+        queries = torch.nn.functional.normalize(self.model(sentence_features[0])["sentence_embedding"], dim=-1)
+        scores = self.scale * queries @ self.passages.T
+        same_doc = self.source[labels].unsqueeze(1) == self.source.unsqueeze(0)
+        same_doc[torch.arange(len(labels)), labels] = False
+        return torch.nn.functional.cross_entropy(scores.masked_fill(same_doc, float("-inf")), labels)
+
+    @torch.no_grad()
+    def validation_hits(self, dataset: QADataset, by_source: dict[str, list[TextNode]], k: int) -> dict:
+        """hit@k of `dataset`'s queries against the frozen passages (a hit: any node of a relevant document)."""
+        _, sources = self.node_texts(by_source)
+        q = self.model.encode([dataset.queries[i] for i in dataset.query_ids], normalize_embeddings=True, convert_to_tensor=True)
+        top = (q.to(self.passages.device) @ self.passages.T).topk(min(k, len(sources))).indices.tolist()
+        hits = [any(sources[j] in dataset.relevant_docs[i] for j in row) for i, row in zip(dataset.query_ids, top)]
+        return {f"val_frozen_hit@{k}": round(sum(hits) / max(len(hits), 1), 4)}
+
+    def get_config_dict(self) -> dict:
+        return {"scale": self.scale, "passages": int(self.passages.shape[0])}

@@ -6,11 +6,12 @@ where it stopped; a directory holding a finished report is refused unless forced
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llama_index.core.schema import TextNode
@@ -81,18 +82,67 @@ def _cached_results(path: Path) -> list[EvalResult] | None:
     return [EvalResult(**{**r, "ci95": tuple(r["ci95"])}) for r in rows]
 
 
+def _json_or_none(path: Path) -> dict | list | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def _save_results(path: Path, results: list[EvalResult]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps([{**r.to_dict(), "per_query": r.per_query} for r in results]))
     tmp.replace(path)
 
 
-def prepare_output(out: Path, force: bool) -> None:
+def prepare_output(out: Path, force: bool, settings: dict | None = None) -> None:
+    """Refuse a finished report (unless forced); resume an unfinished run only if made with the same `settings`."""
+    if out.exists() and not out.is_dir():
+        raise TuningError(f"--out {out} is a file; pass a directory for the report")
     if (out / "report.json").exists():
         if not force:
             raise TuningError(f"{out} already holds a finished report; pass --force to redo it or choose another --out")
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    settings_path = out / "settings.json"
+    if settings is not None and settings_path.exists() and json.loads(settings_path.read_text()) != settings:
+        if not force and any(p.name != settings_path.name for p in out.iterdir()):
+            raise TuningError(
+                f"{out} holds an unfinished run made with other data or settings; rerun that command to resume it, "
+                "pass --force to start over, or choose another --out"
+            )
+        shutil.rmtree(out)  # nothing cached yet, or forced: start over
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TuningError(f"cannot create output directory {out} ({exc.strerror}); choose another --out") from None
+    if settings is not None and not settings_path.exists():
+        tmp = settings_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings, indent=2))
+        tmp.replace(settings_path)  # cached stages below are only reused for these settings
+
+
+def run_settings(dataset: QADataset, config: RunConfig, documents: dict[str, str] | None) -> dict:
+    """What a resumed run must share with the killed one: a digest of the data and the config."""
+    cfg = asdict(config)
+    cfg["finetune"].pop("show_progress", None)
+    data = json.dumps([dataset.to_dict(), documents], sort_keys=True, ensure_ascii=False)
+    return json.loads(json.dumps({"data_sha1": hashlib.sha1(data.encode("utf-8")).hexdigest(), "config": cfg}, default=str))
+
+
+def check_settings(dataset: QADataset, model: str | None, config: RunConfig) -> None:
+    """Cheap checks of the data, model path and reranker, before anything is loaded or written."""
+    if config.k > len(dataset.corpus):
+        raise TuningError(
+            f"k={config.k} is larger than the corpus ({len(dataset.corpus)} documents), so hit rate@k would count "
+            f"nearly every query as found; pass --k {len(dataset.corpus)} or less"
+        )
+    resolve_model(model)
+    if isinstance(config.reranker, str) and config.reranker:
+        name, _, arg = config.reranker.partition(":")
+        if name == "cross-encoder" and arg:
+            resolve_model(arg)
+        elif name != "fusion":
+            node_reranker(config.reranker, config.k, None)  # cohere: checks the key; unknown: names the choices
 
 
 def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> str:
@@ -110,7 +160,11 @@ def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> 
 
 
 def training_data(
-    dataset: QADataset, out: Path, config: RunConfig, documents: dict[str, str] | None
+    dataset: QADataset,
+    out: Path,
+    config: RunConfig,
+    documents: dict[str, str] | None,
+    split: tuple[QADataset, QADataset] | None = None,
 ) -> tuple[QADataset, QADataset, bool]:
     """(train, test, train_is_node_level) for the configured source of training pairs.
 
@@ -121,7 +175,7 @@ def training_data(
     if config.pairs == "labeled":
         if documents is not None:
             raise TuningError("a documents directory has no labeled pairs; pass --pairs offline or --pairs llm")
-        train, test = dataset.split(config.test_size, config.seed)
+        train, test = split or dataset.split(config.test_size, config.seed)
         return train, test, False
     if config.pairs not in ("offline", "llm"):
         raise TuningError(f"unknown --pairs '{config.pairs}'; use labeled, offline or llm")
@@ -150,17 +204,20 @@ def tune_and_evaluate(
     dataset_path: str = "",
     force: bool = False,
     resume: bool = True,
+    split: tuple[QADataset, QADataset] | None = None,
 ) -> dict:
     """Baseline vs tuned on held-out queries; writes report.md/json/png and model/ under `out`.
 
     Training pairs come from `config.pairs` (see `training_data`); test queries are never
-    trained on. `documents` (doc id -> text) tunes on another corpus than the dataset's.
+    trained on. `documents` (doc id -> text) tunes on another corpus than the dataset's;
+    `split` gives the (train, test) queries instead of the seeded split (cross-validation).
     """
     config = config or RunConfig()
     out = Path(out)
-    prepare_output(out, force)
+    check_settings(dataset, config.finetune.base_model, config)
+    prepare_output(out, force, run_settings(dataset, config, documents))
     t0 = time.perf_counter()
-    train, test, node_level = training_data(dataset, out, config, documents)
+    train, test, node_level = training_data(dataset, out, config, documents, split)
     overlap = set(train.queries.values()) & set(test.queries.values())
     if overlap:
         raise TuningError(f"{len(overlap)} test queries also appear among training queries; remove them from the training data")
@@ -176,7 +233,7 @@ def tune_and_evaluate(
 
     model_dir = out / "model"
     t = time.perf_counter()
-    if not (model_dir / "metrics.json").exists():
+    if _json_or_none(model_dir / "metrics.json") is None:  # absent, or torn by a kill mid-write
         # Generated pairs already point at passages; labeled ones point at whole documents.
         EmbeddingFinetuner(config.finetune).fit(train, model_dir, None if node_level else nodes, resume=resume)
     timings["finetune"] = round(time.perf_counter() - t, 2)
@@ -217,6 +274,7 @@ def evaluate_model(
     """Score one model on every query of a labeled dataset (no training: all queries are test queries)."""
     config = config or RunConfig()
     out = Path(out)
+    check_settings(dataset, model, config)
     prepare_output(out, force)
     t0 = time.perf_counter()
     nodes = build_nodes(dataset, model, config)
