@@ -120,6 +120,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for flag, value, least in limits:
         if value is not None and value < least:
             raise TuningError(f"{flag} must be at least {least}, got {value}")
+    if args.chunk_overlap >= args.chunk_size:
+        raise TuningError(f"--chunk-overlap ({args.chunk_overlap}) must be smaller than --chunk-size ({args.chunk_size})")
 
 
 _SECRET_ENV = ("OPENAI_API_KEY", "COHERE_API_KEY", "CO_API_KEY")

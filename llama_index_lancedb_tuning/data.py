@@ -76,7 +76,25 @@ class QADataset:
         missing = {"queries", "corpus", "relevant_docs"} - set(raw) if isinstance(raw, dict) else {"queries"}
         if missing:
             raise TuningError(f"{path}: missing keys {sorted(missing)}; expected the EmbeddingQAFinetuneDataset JSON shape")
-        return cls(raw["queries"], raw["corpus"], raw["relevant_docs"], raw.get("mode", "text"))
+        queries, corpus, relevant = raw["queries"], raw["corpus"], raw["relevant_docs"]
+        for key, value in (("queries", queries), ("corpus", corpus)):
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise TuningError(f"{path}: '{key}' must map ids to text; expected the EmbeddingQAFinetuneDataset JSON shape")
+        if not queries:
+            raise TuningError(f"{path}: no queries; pass a dataset with at least one query")
+        if not isinstance(relevant, dict):
+            raise TuningError(f"{path}: 'relevant_docs' must map query ids to lists of corpus ids")
+        for query_id in queries:
+            docs = relevant.get(query_id)
+            if not isinstance(docs, list) or not docs:
+                raise TuningError(f"{path}: query '{query_id}' has no relevant_docs; give every query at least one corpus id")
+            absent = [d for d in docs if not isinstance(d, str) or d not in corpus]
+            if absent:
+                raise TuningError(
+                    f"{path}: query '{query_id}' points at {absent[0]!r}, which is not in the corpus; "
+                    "add that document to 'corpus' or fix relevant_docs"
+                )
+        return cls(queries, corpus, {q: relevant[q] for q in queries}, raw.get("mode", "text"))
 
     # -- subsets and seeded splits ----------------------------------------------------
     def subset(self, query_ids: list[str]) -> QADataset:
@@ -155,7 +173,7 @@ def load_labeled_csv(
     queries: dict[str, str] = {}
     corpus: dict[str, str] = {}
     relevant: dict[str, list[str]] = {}
-    skipped = 0
+    skipped = repeated = 0
     for row in rows:
         query = (row.get(query_column) or "").strip()
         context = (row.get(context_column) or "").strip()
@@ -164,13 +182,16 @@ def load_labeled_csv(
             continue
         doc_id = stable_id("doc", context)
         query_id = stable_id("q", query)
+        repeated += query_id in queries
         corpus[doc_id] = context
         queries[query_id] = query
         docs = relevant.setdefault(query_id, [])
         if doc_id not in docs:
             docs.append(doc_id)
     if skipped:
-        logger.warning("%s: skipped %d rows with an empty query or context", path, skipped)
+        logger.warning("%s: skipped %d rows with an empty query or context; fill them in to use them", path, skipped)
+    if repeated:
+        logger.warning("%s: %d rows repeat an earlier query; each query counts once, with all its contexts relevant", path, repeated)
     if not queries:
         raise TuningError(f"{path}: no rows with both a query and a context; the file has a header but no usable data")
     return QADataset(queries, corpus, relevant)

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import lancedb
@@ -133,9 +136,22 @@ def vector_dim(table: lancedb.table.Table) -> int:
 
 
 def open_table(db: lancedb.DBConnection, table_name: str) -> lancedb.table.Table:
-    if table_name not in db.table_names():
+    table = existing_table(db, table_name)
+    if table is None:
         raise TuningError(f"no table '{table_name}' in {db.uri}; build it first (mode='create')")
-    return db.open_table(table_name)
+    return table
+
+
+def existing_table(db: lancedb.DBConnection, table_name: str) -> lancedb.table.Table | None:
+    """The table, or None if absent, or if a create killed before its first commit left an empty directory."""
+    if table_name not in db.table_names():
+        return None
+    try:
+        return db.open_table(table_name)
+    except ValueError as exc:  # listed (the directory exists) but no version was ever committed
+        if "not found" not in str(exc).lower():
+            raise
+        return None
 
 
 def missing_nodes(table: lancedb.table.Table | None, nodes: Iterable[BaseNode]) -> list[BaseNode]:
@@ -149,6 +165,29 @@ def missing_nodes(table: lancedb.table.Table | None, nodes: Iterable[BaseNode]) 
         return list(nodes)
     present = set(table.search().select(["id"]).limit(None).to_arrow().column("id").to_pylist())
     return [node for node in nodes if node.node_id not in present]
+
+
+def _retry_conflicts(table: lancedb.table.Table, commit: Callable[[], Any], attempts: int = 6) -> Any:
+    """Run one LanceDB commit, retrying (bounded, jittered) when a concurrent writer preempted it.
+
+    Lance refuses a commit that conflicts with one made meanwhile, e.g. two processes
+    rebuilding the full-text index; a refused commit changed nothing, so retrying on the
+    latest version is safe.
+    """
+    for attempt in range(attempts):
+        try:
+            return commit()
+        except Exception as exc:
+            if "conflict" not in str(exc).lower():
+                raise
+            if attempt == attempts - 1:
+                raise TuningError(
+                    f"table '{table.name}' kept changing under concurrent writers ({attempts} commit conflicts); rerun, "
+                    "or write from one process at a time"
+                ) from None
+            time.sleep(random.uniform(0.05, 0.1) * 2**attempt)
+            table.checkout_latest()  # the handle still points at the version the other writer replaced
+    raise AssertionError("unreachable")
 
 
 def write_nodes(
@@ -168,17 +207,20 @@ def write_nodes(
     `mode="create"` refuses an existing table; `append` adds to it (same dimension only);
     `overwrite` replaces it.
     """
-    exists = table_name in db.table_names()
+    existing = existing_table(db, table_name)
+    exists = existing is not None
     if mode not in ("create", "append", "overwrite"):
         raise TuningError(f"unknown mode '{mode}'; use create, append or overwrite")
     if exists and mode == "create":
         raise TuningError(
             f"table '{table_name}' already exists in {db.uri}; open it, or pass mode='append' to add nodes or mode='overwrite' to replace it"
         )
-    table = db.open_table(table_name) if exists and mode == "append" else None
+    table = existing if mode == "append" else None
     create_mode = "overwrite" if mode == "overwrite" else "create"
     return append_nodes(
-        nodes, embed_model, table, lambda dim: db.create_table(table_name, schema=table_schema(dim), mode=create_mode),
+        nodes, embed_model, table,
+        # append: another process may create the table first; then add to it rather than fail.
+        lambda dim: db.create_table(table_name, schema=table_schema(dim), mode=create_mode, exist_ok=mode == "append"),
         batch_size, show_progress, total,
     )
 
@@ -205,12 +247,13 @@ def append_nodes(
                     f"table '{table.name}' holds {vector_dim(table)}-dim vectors but the model makes {dim}-dim ones; "
                     "use the model the table was built with, or another table name"
                 )
-            table.add(_rows(batch, vectors, dim))
+            rows = _rows(batch, vectors, dim)
+            _retry_conflicts(table, partial(table.add, rows))
             written += len(batch)
             bar.update(len(batch))
     if table is None:
         raise TuningError("no nodes to index; check that the documents produced text")
-    table.create_fts_index("text", replace=True)
+    _retry_conflicts(table, partial(table.create_fts_index, "text", replace=True))
     logger.info("wrote %d nodes to %s", written, table.name)
     return table
 
@@ -420,3 +463,30 @@ class LanceDBIndex:
         """All five query types of the reference table (the reranked ones only with a reranker)."""
         types = QUERY_TYPES if reranker is not None else ("vector", "fts", "hybrid")
         return {qt: self.retriever(qt, similarity_top_k, reranker, hybrid_reranker, overfetch) for qt in types}
+
+
+def ensure_vector_index(
+    table: lancedb.table.Table,
+    min_rows: int = 50_000,
+    index_type: Literal["IVF_PQ", "IVF_HNSW_SQ"] = "IVF_HNSW_SQ",
+    replace: bool = False,
+) -> bool:
+    """Build an approximate-nearest-neighbour index on `vector` once the table holds `min_rows` rows.
+
+    Below the threshold brute-force search is exact and fast enough, so nothing is built.
+    Returns whether an index was built now. Rows appended later are still searched (brute
+    force on the unindexed part); call `table.optimize()` to fold them into the index.
+    """
+    rows = table.count_rows()
+    if rows < min_rows:
+        return False
+    if not replace and any("vector" in (idx.columns or []) for idx in table.list_indices()):
+        return False
+    dim = vector_dim(table)
+    partitions = max(1, int(rows**0.5))
+    options: dict[str, Any] = {"num_sub_vectors": max(1, dim // 8)} if index_type == "IVF_PQ" else {}
+    table.create_index(
+        metric="cosine", vector_column_name="vector", index_type=index_type, num_partitions=partitions, replace=True, **options
+    )
+    logger.info("built %s index on %d rows of %s", index_type, rows, table.name)
+    return True

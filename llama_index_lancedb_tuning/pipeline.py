@@ -121,11 +121,14 @@ def prepare_output(out: Path, force: bool, settings: dict | None = None) -> None
         tmp.replace(settings_path)  # cached stages below are only reused for these settings
 
 
-def run_settings(dataset: QADataset, config: RunConfig, documents: dict[str, str] | None) -> dict:
+def run_settings(
+    dataset: QADataset, config: RunConfig, documents: dict[str, str] | None, split: tuple[QADataset, QADataset] | None = None
+) -> dict:
     """What a resumed run must share with the killed one: a digest of the data and the config."""
     cfg = asdict(config)
     cfg["finetune"].pop("show_progress", None)
-    data = json.dumps([dataset.to_dict(), documents], sort_keys=True, ensure_ascii=False)
+    folds = [part.query_ids for part in split] if split else None
+    data = json.dumps([dataset.to_dict(), documents, folds], sort_keys=True, ensure_ascii=False)
     return json.loads(json.dumps({"data_sha1": hashlib.sha1(data.encode("utf-8")).hexdigest(), "config": cfg}, default=str))
 
 
@@ -215,7 +218,7 @@ def tune_and_evaluate(
     config = config or RunConfig()
     out = Path(out)
     check_settings(dataset, config.finetune.base_model, config)
-    prepare_output(out, force, run_settings(dataset, config, documents))
+    prepare_output(out, force, run_settings(dataset, config, documents, split))
     t0 = time.perf_counter()
     train, test, node_level = training_data(dataset, out, config, documents, split)
     overlap = set(train.queries.values()) & set(test.queries.values())
