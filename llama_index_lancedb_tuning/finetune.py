@@ -228,7 +228,9 @@ class EmbeddingFinetuner:
             metrics["val_after"] = loss.validation_hits(val_ds, by_source, cfg.k)
         model.save(str(output_dir))
         metrics["train_seconds"] = round(time.perf_counter() - start, 2)
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        tmp = output_dir / "metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2))
+        tmp.replace(output_dir / "metrics.json")  # its presence marks training finished: never half-written
         return FinetuneResult(output_dir, metrics, metrics["train_seconds"])
 
 
