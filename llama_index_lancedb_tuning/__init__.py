@@ -1,42 +1,41 @@
 """Fine-tune an embedding model on your documents, serve it from LanceDB through LlamaIndex,
-and prove the gain on held-out queries."""
+and prove the gain on held-out queries.
 
-from .data import QADataset, chunk_corpus, load_dataset, load_labeled_csv, model_tokenizer
+Names are imported on first use: `lancedb-tune` rejects a bad input in a fraction of a
+second instead of first importing torch and sentence-transformers.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
 from .errors import TuningError
-from .evaluate import EvalResult, comparison_plot, comparison_table, evaluate_retriever, evaluate_retrievers, mcnemar_p
-from .finetune import EmbeddingFinetuner, FinetuneConfig, FinetuneResult
-from .index import QUERY_TYPES, LanceDBIndex, LanceDBRetriever, RerankedRetriever, load_embed_model
-from .models import DEFAULT_MODEL, resolve_model
-from .pipeline import RunConfig, evaluate_model, tune_and_evaluate
-from .rerank import FusionRerank, hybrid_reranker, node_reranker
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "QUERY_TYPES",
-    "EmbeddingFinetuner",
-    "EvalResult",
-    "FinetuneConfig",
-    "FinetuneResult",
-    "FusionRerank",
-    "LanceDBIndex",
-    "LanceDBRetriever",
-    "QADataset",
-    "RerankedRetriever",
-    "RunConfig",
-    "TuningError",
-    "chunk_corpus",
-    "comparison_plot",
-    "comparison_table",
-    "evaluate_model",
-    "evaluate_retriever",
-    "evaluate_retrievers",
-    "hybrid_reranker",
-    "load_dataset",
-    "load_embed_model",
-    "load_labeled_csv",
-    "mcnemar_p",
-    "model_tokenizer",
-    "node_reranker",
-    "resolve_model",
-    "tune_and_evaluate",
-]
+_EXPORTS = {
+    "data": ["QADataset", "chunk_corpus", "load_dataset", "load_documents", "load_labeled_csv", "model_tokenizer"],
+    "generate": ["generate_llm_pairs", "generate_offline_pairs", "llm_from_spec"],
+    "finetune": ["EmbeddingFinetuner", "FinetuneConfig", "FinetuneResult"],
+    "index": ["QUERY_TYPES", "LanceDBIndex", "LanceDBRetriever", "RerankedRetriever", "load_embed_model"],
+    "rerank": ["FusionRerank", "hybrid_reranker", "node_reranker"],
+    "evaluate": ["EvalResult", "comparison_plot", "comparison_table", "evaluate_retriever", "evaluate_retrievers", "mcnemar_p"],
+    "pipeline": ["RunConfig", "evaluate_model", "tune_and_evaluate"],
+    "pack": ["FinetunedLanceDBRetrieverPack", "write_pack_source"],
+    "models": ["DEFAULT_MODEL", "resolve_model"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = ["TuningError", *sorted(_MODULE_OF)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
