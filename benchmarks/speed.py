@@ -1,0 +1,228 @@
+"""Speed against the plain LlamaIndex path, side by side in one run on the same data and machine.
+
+Three comparisons, each reported as a ratio (anchor seconds / our seconds):
+
+- training: `EmbeddingFinetuner` vs llama-index-finetuning's `SentenceTransformersFinetuneEngine`
+  on the same (query, passage) pairs, same base model, epochs and batch size; both models are
+  scored on the same held-out queries (vector hit@k, same index procedure). The engine runs
+  in a subprocess of `.venv-bench` (llama-index-finetuning would downgrade packages this
+  project needs, so it lives in its own venv; see docs/scaling.md).
+- evaluation: `evaluate_retrievers` (batched) vs a loop of LlamaIndex's `RetrieverEvaluator`
+  (hit_rate, mrr) over the same retrievers and queries; hit-rates must agree.
+- ingest: `LanceDBIndex.build` vs `VectorStoreIndex` over a `LanceDBVectorStore` with a
+  `HuggingFaceEmbedding`, on the data_qa nodes repeated with new ids.
+
+    python benchmarks/speed.py [--epochs 4] [--ingest-copies 3] [--threads N]
+
+Prints, as its last line, one JSON object (train_speedup, eval_speedup, ingest_speedup,
+ours_hit5, anchor_hit5 and the details). Ratios are only meaningful within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_QA = ROOT.parent / "shared" / "data" / "data_qa.csv"
+BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+
+
+def anchor_train(train_json: str, val_json: str, out_dir: str, epochs: int, batch_size: int, model: str) -> None:
+    """Runs inside .venv-bench: the LlamaIndex engine, timed from construction to saved model."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    from llama_index.finetuning import EmbeddingQAFinetuneDataset, SentenceTransformersFinetuneEngine
+
+    train = EmbeddingQAFinetuneDataset.from_json(train_json)
+    val = EmbeddingQAFinetuneDataset.from_json(val_json)
+    start = time.perf_counter()
+    engine = SentenceTransformersFinetuneEngine(
+        train, model_id=model, model_output_path=out_dir, batch_size=batch_size, val_dataset=val, epochs=epochs,
+        show_progress_bar=False,
+    )
+    engine.finetune()
+    print(json.dumps({"seconds": round(time.perf_counter() - start, 2)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--ingest-copies", type=int, default=3, help="data_qa nodes repeated this many times for ingest")
+    parser.add_argument("--variants", default="default,no_epoch_eval,freeze_passages",
+                        help="our training variants to time: default, no_epoch_eval, freeze_passages")
+    parser.add_argument("--threads", type=int, help="torch threads, here and in the anchor's process")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: train, eval, ingest")
+    parser.add_argument("--anchor-train", nargs=6, metavar=("TRAIN", "VAL", "OUT", "EPOCHS", "BATCH", "MODEL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.anchor_train:
+        t, v, o, e, b, m = args.anchor_train
+        anchor_train(t, v, o, int(e), int(b), m)
+        return
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from sentence_transformers import SentenceTransformer
+
+    from llama_index_lancedb_tuning import load_labeled_csv, resolve_model
+    from llama_index_lancedb_tuning.evaluate import evaluate_retriever, evaluate_retrievers
+    from llama_index_lancedb_tuning.finetune import EmbeddingFinetuner, FinetuneConfig, source_nodes, training_pairs
+    from llama_index_lancedb_tuning.index import LanceDBIndex, load_embed_model
+    from llama_index_lancedb_tuning.pipeline import RunConfig, build_nodes
+    from llama_index_lancedb_tuning.rerank import hybrid_reranker, node_reranker
+
+    skip = set(filter(None, args.skip.split(",")))
+    work = Path(tempfile.mkdtemp(prefix="speed-"))
+    uri = str(work / "lancedb")
+    base = resolve_model(None)
+    ds = load_labeled_csv(DATA_QA)
+    train, test = ds.split(0.2, 42)
+    nodes = build_nodes(ds, None, RunConfig())
+    out: dict = {"n_train_queries": len(train), "n_test_queries": len(test), "n_nodes": len(nodes), "epochs": args.epochs,
+                 "batch_size": args.batch_size, "threads": torch.get_num_threads()}
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def vector_hit(model_path: str, table: str, reuse_table: bool = False) -> float:
+        index = (LanceDBIndex.open(model_path, uri, table) if reuse_table
+                 else LanceDBIndex.build(nodes, model_path, uri, table, "overwrite", show_progress=False))
+        return evaluate_retriever(index.retriever("vector", args.k), test, args.k).hit_rate
+
+    try:
+        base_index = LanceDBIndex.build(nodes, base, uri, "base", "overwrite", show_progress=False)
+        out["base_hit5"] = evaluate_retriever(base_index.retriever("vector", args.k), test, args.k).hit_rate
+        log(f"base model vector hit@{args.k}: {out['base_hit5']}")
+
+        # -- training -----------------------------------------------------------------
+        if "train" not in skip:
+            cfg = FinetuneConfig()
+            fit_ds, val_ds = train.split(cfg.val_fraction, cfg.seed)  # what EmbeddingFinetuner.fit does internally
+            by_source = source_nodes(train, nodes)
+            pairs = training_pairs(fit_ds, by_source, SentenceTransformer(base), cfg.positives)
+            anchor_train_json, anchor_val_json = work / "anchor_train.json", work / "anchor_val.json"
+            anchor_train_json.write_text(json.dumps({
+                "queries": {f"q{i}": a for i, a in enumerate(pairs["anchor"])},
+                "corpus": {f"p{i}": p for i, p in enumerate(pairs["positive"])},
+                "relevant_docs": {f"q{i}": [f"p{i}"] for i in range(len(pairs))},
+            }))
+            anchor_val_json.write_text(json.dumps({  # the same node-level validation set our fit evaluates on
+                "queries": val_ds.queries,
+                "corpus": {n.node_id: n.text for ns in by_source.values() for n in ns},
+                "relevant_docs": {q: [n.node_id for d in val_ds.relevant_docs[q] for n in by_source.get(d, [])] for q in val_ds.query_ids},
+            }))
+            out["n_train_pairs"] = len(pairs)
+            log(f"{len(pairs)} training pairs, {len(val_ds)} validation queries")
+
+            if not BENCH_PYTHON.exists():
+                raise SystemExit(f"{BENCH_PYTHON} missing: python -m venv .venv-bench && .venv-bench/bin/pip install torch 'sentence-transformers[train]' llama-index-finetuning 'mistralai<2'")
+            env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+            if args.threads:
+                env["OMP_NUM_THREADS"] = str(args.threads)
+            anchor_dir = work / "anchor_model"
+            t = time.perf_counter()
+            proc = subprocess.run(
+                [str(BENCH_PYTHON), __file__, "--anchor-train", str(anchor_train_json), str(anchor_val_json), str(anchor_dir),
+                 str(args.epochs), str(args.batch_size), base],
+                capture_output=True, text=True, env=env, cwd=work,
+            )
+            if proc.returncode != 0:
+                raise SystemExit(f"anchor training failed:\n{proc.stderr[-3000:]}")
+            anchor_s = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+            out["anchor_train_s"] = anchor_s
+            out["anchor_train_process_s"] = round(time.perf_counter() - t, 2)
+            out["anchor_hit5"] = vector_hit(str(anchor_dir), "anchor")
+            log(f"anchor: {anchor_s}s (process {out['anchor_train_process_s']}s), hit@{args.k} {out['anchor_hit5']}")
+
+            flags = {"default": {}, "no_epoch_eval": {"eval_each_epoch": False},
+                     "freeze_passages": {"freeze_passages": True, "eval_each_epoch": False}}
+            ours = {}
+            for name in args.variants.split(","):
+                model_dir = work / f"ours_{name}"
+                config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, show_progress=False, **flags[name])
+                t = time.perf_counter()
+                EmbeddingFinetuner(config).fit(train, model_dir, nodes)
+                seconds = round(time.perf_counter() - t, 2)
+                # freeze_passages tunes queries only: it is scored on the base model's table, not re-indexed.
+                hit = vector_hit(str(model_dir), "base", reuse_table=True) if name == "freeze_passages" else vector_hit(str(model_dir), f"ours_{name}")
+                ours[name] = {"train_s": seconds, "hit5": hit, "speedup": round(anchor_s / seconds, 2)}
+                log(f"ours {name}: {seconds}s, hit@{args.k} {hit}, speedup {ours[name]['speedup']}x")
+            out["ours_train"] = ours
+            # Headline: the fastest variant whose held-out hit@k is at least the anchor's (else the fastest).
+            good = [n for n in ours if ours[n]["hit5"] >= out["anchor_hit5"]] or list(ours)
+            best = min(good, key=lambda n: ours[n]["train_s"])
+            out["ours_variant"] = best
+            out["train_speedup"] = ours[best]["speedup"]
+            out["ours_hit5"] = ours[best]["hit5"]
+
+        # -- evaluation ---------------------------------------------------------------
+        if "eval" not in skip:
+            from llama_index.core.evaluation import RetrieverEvaluator
+
+            reranker = node_reranker("fusion", args.k, base_index.embed_model, base_index.table)
+            retrievers = base_index.retrievers(args.k, reranker, hybrid_reranker("rrf"))
+            for r in retrievers.values():  # warm both paths alike: first LanceDB queries open files and caches
+                r.retrieve(test.queries[test.query_ids[0]])
+            t = time.perf_counter()
+            ours_rows = evaluate_retrievers(retrievers, test, args.k)
+            ours_eval_s = time.perf_counter() - t
+
+            by_source = source_nodes(ds, nodes)
+            expected = {q: [n.node_id for d in test.relevant_docs[q] for n in by_source.get(d, [])] for q in test.query_ids}
+            anchor_rates = {}
+            t = time.perf_counter()
+            for qt, retriever in retrievers.items():
+                evaluator = RetrieverEvaluator.from_metric_names(["hit_rate", "mrr"], retriever=retriever)
+                results = [evaluator.evaluate(test.queries[q], expected_ids=expected[q]) for q in test.query_ids]
+                anchor_rates[qt] = (
+                    round(sum(r.metric_vals_dict["hit_rate"] for r in results) / len(results), 4),
+                    round(sum(r.metric_vals_dict["mrr"] for r in results) / len(results), 4),
+                )
+            anchor_eval_s = time.perf_counter() - t
+            ours_rates = {r.query_type: (r.hit_rate, r.mrr) for r in ours_rows}
+            out["eval"] = {"ours_s": round(ours_eval_s, 2), "anchor_s": round(anchor_eval_s, 2), "ours": ours_rates, "anchor": anchor_rates,
+                           "same_hit_rates": all(ours_rates[q][0] == anchor_rates[q][0] for q in ours_rates)}
+            out["eval_speedup"] = round(anchor_eval_s / ours_eval_s, 2)
+            log(f"eval: ours {ours_eval_s:.2f}s, anchor {anchor_eval_s:.2f}s, same hit-rates {out['eval']['same_hit_rates']}")
+
+        # -- ingest -------------------------------------------------------------------
+        if "ingest" not in skip:
+            from llama_index.core import StorageContext, VectorStoreIndex
+            from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+            from llama_index.vector_stores.lancedb import LanceDBVectorStore
+
+            many = [n.model_copy(update={"id_": f"{n.node_id}-copy{c}"}) for c in range(args.ingest_copies) for n in nodes]
+            ours_model, anchor_model = load_embed_model(base), HuggingFaceEmbedding(model_name=base)
+            t = time.perf_counter()
+            LanceDBIndex.build(many, ours_model, uri, "ingest_ours", "overwrite", show_progress=False)
+            ours_ingest_s = time.perf_counter() - t
+            t = time.perf_counter()
+            store = LanceDBVectorStore(uri=uri, table_name="ingest_anchor", mode="overwrite")
+            VectorStoreIndex(many, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=anchor_model)
+            anchor_ingest_s = time.perf_counter() - t
+            out["ingest"] = {"nodes": len(many), "ours_nodes_per_s": round(len(many) / ours_ingest_s, 1),
+                             "anchor_nodes_per_s": round(len(many) / anchor_ingest_s, 1),
+                             "ours_s": round(ours_ingest_s, 2), "anchor_s": round(anchor_ingest_s, 2)}
+            out["ingest_speedup"] = round(anchor_ingest_s / ours_ingest_s, 2)
+            log(f"ingest {len(many)} nodes: ours {ours_ingest_s:.1f}s, anchor {anchor_ingest_s:.1f}s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
