@@ -344,9 +344,17 @@ class LanceDBRetriever(BaseRetriever):
             return []
         return self._search(query, self._query_vector(query))
 
-    def retrieve_many(self, queries: Sequence[str], batch_size: int = 64) -> list[list[NodeWithScore]]:
-        """Retrieve for many queries with one batched embedding pass (used by evaluation)."""
-        vectors = embed_queries(self.embed_model, queries, batch_size) if self.query_type != "fts" else [None] * len(queries)
+    def retrieve_many(
+        self, queries: Sequence[str], batch_size: int = 64, vectors: np.ndarray | None = None
+    ) -> list[list[NodeWithScore]]:
+        """Retrieve for many queries with one batched embedding pass (used by evaluation).
+
+        `vectors`: query embeddings a caller already computed, so they are not embedded twice.
+        """
+        if self.query_type == "fts":
+            vectors = [None] * len(queries)
+        elif vectors is None:
+            vectors = embed_queries(self.embed_model, queries, batch_size)
         return [self._search(q, v) if q.strip() else [] for q, v in zip(queries, vectors)]
 
 
@@ -379,7 +387,8 @@ class RerankedRetriever(BaseRetriever):
     def retrieve_many(self, queries: Sequence[str], batch_size: int = 64) -> list[list[NodeWithScore]]:
         vectors = embed_queries(self.base.embed_model, queries, batch_size)
         bundles = [QueryBundle(q, embedding=v.tolist()) for q, v in zip(queries, vectors)]
-        return [self._rerank(nodes, b) for b, nodes in zip(bundles, self.base.retrieve_many(queries, batch_size))]
+        candidates = self.base.retrieve_many(queries, batch_size, vectors)
+        return [self._rerank(nodes, b) for b, nodes in zip(bundles, candidates)]
 
 
 @dataclass
