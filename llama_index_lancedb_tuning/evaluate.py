@@ -14,6 +14,7 @@ from llama_index.core.schema import NodeWithScore
 from tqdm.auto import tqdm
 
 from .data import SOURCE_ID_KEY, QADataset
+from .index import embed_queries
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -83,13 +84,17 @@ def evaluate_retriever(
     query_type: str = "vector",
     reranker: str | None = None,
     seed: int = 0,
+    vectors: np.ndarray | None = None,
 ) -> EvalResult:
-    """Score one retriever on every query of `dataset`; batched when the retriever supports it."""
+    """Score one retriever on every query of `dataset`; batched when the retriever supports it.
+
+    `vectors`: the queries' embeddings, when the caller already has them (see `evaluate_retrievers`).
+    """
     queries = [dataset.queries[q] for q in dataset.query_ids]
     relevant = [set(dataset.relevant_docs[q]) for q in dataset.query_ids]
     start = time.perf_counter()
     if hasattr(retriever, "retrieve_many"):
-        results = retriever.retrieve_many(queries)
+        results = retriever.retrieve_many(queries, vectors=vectors)
     else:
         results = [retriever.retrieve(q) for q in tqdm(queries, desc=query_type, leave=False)]
     elapsed = time.perf_counter() - start
@@ -115,11 +120,20 @@ def evaluate_retrievers(
     model: str = "model",
     rerankers: Mapping[str, str | None] | None = None,
 ) -> list[EvalResult]:
+    """Score each retriever; retrievers sharing an embedding model share one batched query embedding."""
     rerankers = rerankers or {}
-    return [
-        evaluate_retriever(r, dataset, k, model, qt, rerankers.get(qt))
-        for qt, r in tqdm(retrievers.items(), desc=f"evaluate {model}", unit="query type")
-    ]
+    queries = [dataset.queries[q] for q in dataset.query_ids]
+    vectors_by_model: dict[int, np.ndarray] = {}
+    results = []
+    for qt, r in tqdm(retrievers.items(), desc=f"evaluate {model}", unit="query type"):
+        embed_model = getattr(r, "embed_model", None)
+        vectors = None
+        if embed_model is not None and hasattr(r, "retrieve_many"):
+            if id(embed_model) not in vectors_by_model:
+                vectors_by_model[id(embed_model)] = embed_queries(embed_model, queries)
+            vectors = vectors_by_model[id(embed_model)]
+        results.append(evaluate_retriever(r, dataset, k, model, qt, rerankers.get(qt), vectors=vectors))
+    return results
 
 
 def with_significance(baseline: Sequence[EvalResult], tuned: Sequence[EvalResult]) -> None:

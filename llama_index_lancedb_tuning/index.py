@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -44,6 +45,7 @@ DEFAULT_URI = "./lancedb"
 DEFAULT_TABLE = "nodes"
 _METADATA_FIELDS = ("_node_content", "_node_type", "doc_id", "document_id", "ref_doc_id")
 _RESULT_COLUMNS = ["id", "doc_id", "text", "metadata", "vector"]
+_SEARCH_THREADS = 4
 
 
 def load_embed_model(model: str | BaseEmbedding | None = None, embed_batch_size: int = 64) -> BaseEmbedding:
@@ -351,11 +353,33 @@ class LanceDBRetriever(BaseRetriever):
 
         `vectors`: query embeddings a caller already computed, so they are not embedded twice.
         """
-        if self.query_type == "fts":
-            vectors = [None] * len(queries)
-        elif vectors is None:
+        if self.query_type != "fts" and vectors is None:
             vectors = embed_queries(self.embed_model, queries, batch_size)
-        return [self._search(q, v) if q.strip() else [] for q, v in zip(queries, vectors)]
+        if self.query_type == "vector":
+            return self._vector_search_many(queries, vectors, batch_size)
+        # Full-text and hybrid queries are one LanceDB query each; they run on LanceDB's
+        # native threads, so a small pool overlaps their Python-side overhead.
+        vectors = [None] * len(queries) if vectors is None else vectors
+        with ThreadPoolExecutor(max_workers=_SEARCH_THREADS) as pool:
+            return list(pool.map(lambda qv: self._search(*qv) if qv[0].strip() else [], zip(queries, vectors)))
+
+    def _vector_search_many(self, queries: Sequence[str], vectors: np.ndarray, batch_size: int) -> list[list[NodeWithScore]]:
+        """One LanceDB query per batch of vectors (rows tagged with `query_index`) instead of one per query."""
+        out: list[list[NodeWithScore]] = [[] for _ in queries]
+        for start in range(0, len(queries), batch_size):
+            batch = [np.asarray(v, dtype=np.float32) for v in vectors[start : start + batch_size]]
+            rows = (
+                self.table.search(batch if len(batch) > 1 else batch[0])
+                .distance_type("cosine")
+                .nprobes(self.nprobes)
+                .select([*_RESULT_COLUMNS, "_distance"])
+                .limit(self.similarity_top_k)
+                .to_arrow()
+            )
+            positions = rows.column("query_index").to_pylist() if "query_index" in rows.column_names else [0] * rows.num_rows
+            for position, hit in zip(positions, _with_scores(rows.to_pylist(), "_distance")):
+                out[start + position].append(hit)
+        return [hits if q.strip() else [] for q, hits in zip(queries, out)]
 
 
 class RerankedRetriever(BaseRetriever):
@@ -384,11 +408,21 @@ class RerankedRetriever(BaseRetriever):
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return self._rerank(self.base.retrieve(query_bundle), query_bundle)
 
-    def retrieve_many(self, queries: Sequence[str], batch_size: int = 64) -> list[list[NodeWithScore]]:
-        vectors = embed_queries(self.base.embed_model, queries, batch_size)
+    @property
+    def embed_model(self) -> BaseEmbedding:
+        return self.base.embed_model
+
+    def retrieve_many(
+        self, queries: Sequence[str], batch_size: int = 64, vectors: np.ndarray | None = None
+    ) -> list[list[NodeWithScore]]:
+        """Retrieve and rerank many queries, each embedded once for both the base search and the reranker."""
+        if vectors is None:
+            vectors = embed_queries(self.base.embed_model, queries, batch_size)
         bundles = [QueryBundle(q, embedding=v.tolist()) for q, v in zip(queries, vectors)]
         candidates = self.base.retrieve_many(queries, batch_size, vectors)
-        return [self._rerank(nodes, b) for b, nodes in zip(bundles, candidates)]
+        # Rerankers may query the table (BM25) or a service per query: overlap them.
+        with ThreadPoolExecutor(max_workers=_SEARCH_THREADS) as pool:
+            return list(pool.map(self._rerank, candidates, bundles))
 
 
 @dataclass

@@ -43,6 +43,19 @@ def test_hybrid_and_reranked_retrievers_return_k_scored_nodes(built, small_datas
         assert all(h.score is not None and h.score > 0 for h in hits), name
 
 
+def test_batched_retrieval_matches_one_query_at_a_time(built, small_dataset):
+    index, _ = built
+    reranker = node_reranker("fusion", 5, index.embed_model, index.table)
+    queries = [small_dataset.queries[q] for q in small_dataset.query_ids[:6]] + ["  ", "qqqzzzxxy"]
+    for name, retriever in index.retrievers(5, reranker, hybrid_reranker("rrf")).items():
+        batched = retriever.retrieve_many(queries, batch_size=4)  # several search batches, one partial
+        looped = [retriever.retrieve(q) if q.strip() else [] for q in queries]
+        assert [[h.node.node_id for h in hits] for hits in batched] == [[h.node.node_id for h in hits] for hits in looped], name
+        for got, want in zip(batched, looped):
+            np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-4, err_msg=name)
+    assert index.retriever("vector", 5).retrieve_many(queries)[-2] == []
+
+
 def test_hit_rates_on_real_data_are_in_the_expected_range(built, small_dataset):
     index, _ = built
     result = evaluate_retriever(index.retriever("vector", 5), small_dataset, 5)
