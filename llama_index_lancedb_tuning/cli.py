@@ -77,6 +77,8 @@ def _run_config(args: argparse.Namespace):
 
     config = RunConfig(k=args.k, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap, reranker=args.reranker, hybrid=args.hybrid)
     if args.command == "run":
+        pairs = args.pairs or ("llm" if args.llm else "offline" if args.queries else "labeled")
+        config = replace(config, pairs=pairs, finetune=None)  # the fine-tuning defaults depend on the pairs
         overrides = {
             "base_model": args.base_model,
             "epochs": args.epochs,
@@ -88,7 +90,6 @@ def _run_config(args: argparse.Namespace):
         config.finetune = replace(config.finetune, **{k: v for k, v in overrides.items() if v is not None}, k=args.k, seed=args.seed, show_progress=not args.quiet)
         config.test_size, config.seed = args.test_size, args.seed
         config.llm = args.llm
-        config.pairs = args.pairs or ("llm" if args.llm else "offline" if args.queries else "labeled")
     return config
 
 

@@ -10,7 +10,6 @@ with no match raises a bare `Warning`, and FTS/hybrid hits get rank-based fake s
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time

@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llama_index.core.schema import TextNode
@@ -42,7 +42,21 @@ class RunConfig:
     overfetch: int = 2
     pairs: str = "labeled"
     llm: str | None = None
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    finetune: FinetuneConfig | None = None  # None: recommended_finetune(pairs)
+
+    def __post_init__(self) -> None:
+        if self.finetune is None:
+            self.finetune = recommended_finetune(self.pairs)
+
+
+def recommended_finetune(pairs: str) -> FinetuneConfig:
+    """Fine-tuning defaults per source of pairs. Generated pseudo-queries are noisy: a gentler
+    rate and fewer epochs (3e-5, 2) keep the model from memorising their noise, where labeled
+    queries take 1e-4 for 4 epochs with the best epoch kept (figures in BENCHMARKS.md).
+    """
+    if pairs == "labeled":
+        return FinetuneConfig()
+    return FinetuneConfig(epochs=2, learning_rate=3e-5)
 
 
 def build_nodes(dataset: QADataset, model: str | None, config: RunConfig) -> list[TextNode]:

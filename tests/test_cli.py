@@ -32,3 +32,16 @@ def test_run_on_the_sample_writes_the_report_other_tools_read(tmp_path, capsys):
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert "Hybrid search" in (out / "report.md").read_text()
     assert (out / "model" / "metrics.json").exists() and any((out / "model").glob("model.safetensors"))
+
+
+def test_fine_tuning_defaults_follow_the_source_of_pairs():
+    from llama_index_lancedb_tuning.cli import _run_config, build_parser
+
+    def config(*flags):
+        return _run_config(build_parser().parse_args(["run", "data.csv", "--out", "o", *flags]))
+
+    labeled, offline, chosen = config(), config("--pairs", "offline"), config("--pairs", "offline", "--lr", "1e-4", "--epochs", "3")
+    assert (labeled.pairs, labeled.finetune.epochs, labeled.finetune.learning_rate) == ("labeled", 4, 1e-4)
+    assert (offline.pairs, offline.finetune.epochs, offline.finetune.learning_rate) == ("offline", 2, 3e-5)
+    assert (chosen.finetune.epochs, chosen.finetune.learning_rate) == (3, 1e-4)  # flags beat the defaults
+    assert config("--queries", "q.csv").pairs == "offline"
