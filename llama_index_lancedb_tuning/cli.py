@@ -188,9 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, _RedactSecrets) for f in handler.filters):
             handler.addFilter(_RedactSecrets())
-    if getattr(args, "quiet", False):
-        import os
+    import os
 
+    # LanceDB's Rust logger prints a deprecation notice per hybrid query at WARN; errors still show.
+    os.environ.setdefault("LANCEDB_LOG", "error")
+    if getattr(args, "quiet", False):
         os.environ["TQDM_DISABLE"] = "1"
     try:
         return _dispatch(args)

@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any, Literal
 
 import lancedb
+from lancedb.index import FTS
 import numpy as np
 import pyarrow as pa
 from llama_index.core import VectorStoreIndex
@@ -254,7 +255,7 @@ def append_nodes(
             bar.update(len(batch))
     if table is None:
         raise TuningError("no nodes to index; check that the documents produced text")
-    _retry_conflicts(table, partial(table.create_fts_index, "text", replace=True))
+    _retry_conflicts(table, partial(table.create_index, "text", config=FTS(), replace=True))
     logger.info("wrote %d nodes to %s", written, table.name)
     return table
 
