@@ -82,8 +82,11 @@ def main() -> None:
         "pairs_generated": n_generated,
         "pairs_trained": metrics["n_train_pairs"],
         "val_queries": metrics["n_val_queries"],
-        "val_hit@5_before": metrics.get("val_before", {}).get("val_cosine_accuracy@5"),
-        "val_hit@5_after": metrics.get("val_after", {}).get("val_cosine_accuracy@5"),
+        **{
+            f"val_{name}_{when}": metrics.get(f"val_{when}", {}).get(f"val_cosine_{key}")
+            for name, key in (("hit@1", "accuracy@1"), ("hit@5", "accuracy@5"), ("hit@10", "accuracy@10"), ("mrr@10", "mrr@10"))
+            for when in ("before", "after")
+        },
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "total_s": round(sum(seconds.values()), 1),
     }
