@@ -65,8 +65,9 @@ def embed_texts(embed_model: BaseEmbedding, texts: Sequence[str], batch_size: in
     """Passage embeddings as float32, normalised; large batches straight to sentence-transformers when we can."""
     st_model = getattr(embed_model, "_model", None)
     if isinstance(embed_model, HuggingFaceEmbedding) and st_model is not None:
-        # HuggingFaceEmbedding batches 10 at a time through per-batch callbacks; the
-        # underlying model sorts by length and pads per batch, several times faster.
+        # HuggingFaceEmbedding sends 10 texts per call through per-batch callbacks; the
+        # underlying model sorts the whole list by length and pads per batch. That pays on
+        # mixed-length text; on uniform chunks and an idle CPU it is level (BENCHMARKS.md).
         vectors = st_model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
     else:
         vectors = np.asarray(embed_model.get_text_embedding_batch(list(texts)), dtype=np.float32)
