@@ -52,30 +52,27 @@ def anchor_train(train_json: str, val_json: str, out_dir: str, epochs: int, batc
     print(json.dumps({"seconds": round(time.perf_counter() - start, 2)}))
 
 
-def int8_variant(many, nodes, test, base: str, uri: str, k: int, fp32_ingest_s: float) -> dict:
+def int8_variant(many, nodes, test, base: str, uri: str, k: int, fp32_ingest_s: float, fp32_hit: float) -> dict:
     """Ingest speed and held-out hit@k with the encoder's Linear layers dynamically quantised to int8.
 
     ONNX/OpenVINO int8 backends are the usual route, but `sentence-transformers[onnx]` does not
     resolve beside transformers 5 here; torch's dynamic quantisation needs no new dependency.
+    `fp32_hit` is the same measurement with the unquantised model (the run's base index).
     """
-    import copy
-
     import torch
 
     from llama_index_lancedb_tuning.evaluate import evaluate_retriever
     from llama_index_lancedb_tuning.index import LanceDBIndex, load_embed_model
 
-    fp32 = load_embed_model(base)
     int8 = load_embed_model(base)
-    int8._model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32._model), {torch.nn.Linear}, dtype=torch.qint8)
+    int8._model = torch.ao.quantization.quantize_dynamic(int8._model, {torch.nn.Linear}, dtype=torch.qint8)
     t = time.perf_counter()
     LanceDBIndex.build(many, int8, uri, "ingest_int8", "overwrite", show_progress=False)
     int8_s = time.perf_counter() - t
-    hits = {}
-    for name, model in (("fp32", fp32), ("int8", int8)):
-        index = LanceDBIndex.build(nodes, model, uri, f"quality_{name}", "overwrite", show_progress=False)
-        hits[name] = evaluate_retriever(index.retriever("vector", k), test, k).hit_rate
-    return {"speedup_vs_fp32_ours": round(fp32_ingest_s / int8_s, 2), "hit5_fp32": hits["fp32"], "hit5_int8": hits["int8"]}
+    # Scored on its own index of the plain nodes: the ingest table holds copies that would crowd the top k.
+    index = LanceDBIndex.build(nodes, int8, uri, "quality_int8", "overwrite", show_progress=False)
+    int8_hit = evaluate_retriever(index.retriever("vector", k), test, k).hit_rate
+    return {"speedup_vs_fp32_ours": round(fp32_ingest_s / int8_s, 2), "hit5_fp32": fp32_hit, "hit5_int8": int8_hit}
 
 
 def main() -> None:
@@ -246,7 +243,7 @@ def main() -> None:
             out["ingest_speedup"] = round(anchor_ingest_s / ours_ingest_s, 2)
             log(f"ingest {len(many)} nodes: ours {ours_ingest_s:.1f}s, anchor {anchor_ingest_s:.1f}s")
             if args.int8:
-                out["int8"] = int8_variant(many, nodes, test, base, uri, args.k, ours_ingest_s)
+                out["int8"] = int8_variant(many, nodes, test, base, uri, args.k, ours_ingest_s, out["base_hit5"])
                 log(f"int8 encoder: {out['int8']}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

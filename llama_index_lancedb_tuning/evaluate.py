@@ -14,7 +14,7 @@ from llama_index.core.schema import NodeWithScore
 from tqdm.auto import tqdm
 
 from .data import SOURCE_ID_KEY, QADataset
-from .index import embed_queries
+from .index import LanceDBRetriever, RerankedRetriever, embed_queries
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -94,7 +94,8 @@ def evaluate_retriever(
     relevant = [set(dataset.relevant_docs[q]) for q in dataset.query_ids]
     start = time.perf_counter()
     if hasattr(retriever, "retrieve_many"):
-        results = retriever.retrieve_many(queries, vectors=vectors)
+        # Only our retrievers take `vectors`; another retriever's retrieve_many gets the queries alone.
+        results = retriever.retrieve_many(queries) if vectors is None else retriever.retrieve_many(queries, vectors=vectors)
     else:
         results = [retriever.retrieve(q) for q in tqdm(queries, desc=query_type, leave=False)]
     elapsed = time.perf_counter() - start
@@ -126,12 +127,11 @@ def evaluate_retrievers(
     vectors_by_model: dict[int, np.ndarray] = {}
     results = []
     for qt, r in tqdm(retrievers.items(), desc=f"evaluate {model}", unit="query type"):
-        embed_model = getattr(r, "embed_model", None)
         vectors = None
-        if embed_model is not None and hasattr(r, "retrieve_many"):
-            if id(embed_model) not in vectors_by_model:
-                vectors_by_model[id(embed_model)] = embed_queries(embed_model, queries)
-            vectors = vectors_by_model[id(embed_model)]
+        if isinstance(r, (LanceDBRetriever, RerankedRetriever)):
+            if id(r.embed_model) not in vectors_by_model:
+                vectors_by_model[id(r.embed_model)] = embed_queries(r.embed_model, queries)
+            vectors = vectors_by_model[id(r.embed_model)]
         results.append(evaluate_retriever(r, dataset, k, model, qt, rerankers.get(qt), vectors=vectors))
     return results
 

@@ -20,9 +20,9 @@ from functools import partial
 from typing import Any, Literal
 
 import lancedb
-from lancedb.index import FTS
 import numpy as np
 import pyarrow as pa
+from lancedb.index import FTS
 from llama_index.core import VectorStoreIndex
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.embeddings.base import BaseEmbedding

@@ -37,3 +37,20 @@ def test_table_and_plot(tmp_path):
     assert "+0.250" in table
     png = comparison_plot(rows, tmp_path / "r.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_any_retriever_with_retrieve_many_is_scored_batched():
+    from llama_index.core.base.base_retriever import BaseRetriever
+
+    from llama_index_lancedb_tuning import QADataset, evaluate_retrievers
+
+    class DocRetriever(BaseRetriever):  # a user's own retriever: retrieve_many takes the queries only
+        def _retrieve(self, query_bundle):
+            return self.retrieve_many([query_bundle.query_str])[0]
+
+        def retrieve_many(self, queries):
+            return [[_hit("d1")] if "first" in q else [_hit("d3"), _hit("d2")] for q in queries]
+
+    dataset = QADataset({"q1": "first", "q2": "second"}, {"d1": "a", "d2": "b", "d3": "c"}, {"q1": ["d1"], "q2": ["d2"]})
+    [result] = evaluate_retrievers({"custom": DocRetriever()}, dataset, k=5)
+    assert (result.hit_rate, result.mrr, result.n) == (1.0, 0.75, 2)
