@@ -25,7 +25,7 @@ from sentence_transformers.util import mine_hard_negatives
 
 from .data import SOURCE_ID_KEY, QADataset
 from .errors import TuningError
-from .models import resolve_model
+from .models import ENCODE_BATCH, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ class FinetuneConfig:
     # the corpus is a negative); an index built with the base model stays valid, queries are
     # embedded with the tuned model and passages with the base model. See QueryOnlyLoss.
     freeze_passages: bool = False
+    # True: once validation has picked the best epoch, train a fresh copy of the base model on
+    # every training query, validation ones included, for that many epochs. On a small labeled
+    # set the gain comes from the documents the training queries cover (see BENCHMARKS.md), and
+    # the validation fifth covers documents the rest does not. Needs eval_each_epoch.
+    refit: bool = True
 
 
 @dataclass
@@ -77,11 +82,17 @@ def source_nodes(dataset: QADataset, nodes: list[TextNode] | None) -> dict[str, 
 
 
 def training_pairs(
-    dataset: QADataset, by_source: dict[str, list[TextNode]], model: SentenceTransformer, positives: PositiveChoice = "best"
+    dataset: QADataset,
+    by_source: dict[str, list[TextNode]],
+    model: SentenceTransformer,
+    positives: PositiveChoice = "best",
+    passage_vectors: dict[str, np.ndarray] | None = None,
 ) -> Dataset:
     """(anchor, positive) pairs: per query, the node of its relevant document the model ranks first
     (`best`), or every node of that document (`all`), which teaches the whole document's
     neighbourhood rather than one passage.
+
+    `passage_vectors`: the model's normalised vectors by node text, when the caller has them.
     """
     anchors: list[str] = []
     texts_out: list[str] = []
@@ -90,8 +101,10 @@ def training_pairs(
     if missing:
         raise TuningError(f"{len(missing)} training queries point at documents absent from the corpus; fix relevant_docs")
     query_emb = model.encode([dataset.queries[q] for q in dataset.query_ids], normalize_embeddings=True, convert_to_numpy=True)
-    texts = sorted({n.text for c in candidates.values() for n in c})
-    text_emb = dict(zip(texts, model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=64)))
+    text_emb = passage_vectors
+    if text_emb is None:
+        texts = sorted({n.text for c in candidates.values() for n in c})
+        text_emb = dict(zip(texts, model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=ENCODE_BATCH)))
     for q, qe in zip(dataset.query_ids, query_emb):
         chosen = candidates[q] if positives == "all" else [max(candidates[q], key=lambda n: float(text_emb[n.text] @ qe))]
         for node in chosen:
@@ -115,7 +128,7 @@ def ir_evaluator(dataset: QADataset, by_source: dict[str, list[TextNode]], k: in
         map_at_k=[10],
         name=name,
         write_csv=False,
-        batch_size=64,
+        batch_size=ENCODE_BATCH,
     )
 
 
@@ -179,21 +192,64 @@ class EmbeddingFinetuner:
         fit_ds, val_ds = train.split(cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (train, None)
         by_source = source_nodes(train, nodes)
         model = SentenceTransformer(resolve_model(cfg.base_model))
-        pairs = training_pairs(fit_ds, by_source, model, cfg.positives)
+        loss = QueryOnlyLoss.for_corpus(model, by_source) if cfg.freeze_passages else None
+        # Positives are picked by the base model for every training query at once, so a refit
+        # reuses them; with frozen passages the loss's vectors serve, encoded only once.
+        all_pairs = training_pairs(train, by_source, model, cfg.positives, loss.vectors_by_text() if loss else None)
         if cfg.hard_negatives > 0 and not cfg.freeze_passages:
-            pairs = self._with_hard_negatives(pairs, by_source, model)
+            all_pairs = self._with_hard_negatives(all_pairs, by_source, model)
+        fit_queries = set(fit_ds.queries.values())
+        pairs = all_pairs.select([i for i, a in enumerate(all_pairs["anchor"]) if a in fit_queries]) if val_ds is not None else all_pairs
         evaluator = ir_evaluator(val_ds, by_source, cfg.k, "val") if val_ds is not None else None
         metrics: dict = {"config": asdict(cfg), "n_train_pairs": len(pairs), "n_val_queries": len(val_ds or [])}
-        loss = None
-        if cfg.freeze_passages:
-            loss, pairs, evaluator = QueryOnlyLoss.for_pairs(model, pairs, by_source), QueryOnlyLoss.label_pairs(pairs, by_source), None
+        if loss is not None:
+            pairs, evaluator = QueryOnlyLoss.label_pairs(pairs, by_source), None
         if evaluator is not None and cfg.eval_each_epoch:
             metrics["val_before"] = _rounded(evaluator(model))
         final_evaluator, evaluator = evaluator, evaluator if cfg.eval_each_epoch else None
 
+        will_refit = cfg.refit and evaluator is not None
+        selection_path = output_dir / "selection.json"
+        selection = _json_file(selection_path) if resume and will_refit else None
+        if selection is None:
+            trainer = self._train(model, pairs, loss, evaluator, output_dir / "checkpoints", cfg.epochs, resume)
+            if final_evaluator is not None:
+                metrics["val_after"] = _rounded(final_evaluator(model))
+            if evaluator is not None:
+                metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
+                metrics["best_epoch"] = _best_epoch(trainer)
+            if cfg.freeze_passages and val_ds is not None:
+                metrics["val_after"] = loss.validation_hits(val_ds, by_source, cfg.k)
+            selection = {k: metrics[k] for k in ("val_before", "val_after", "best_checkpoint", "best_epoch") if k in metrics}
+            if will_refit:
+                _write_json(selection_path, selection)  # a killed refit resumes without training this stage again
+        metrics.update(selection)
+
+        if will_refit:
+            # Validation queries are trained on from here: the val_* figures above describe the
+            # selection model, not the refit one.
+            model = SentenceTransformer(resolve_model(cfg.base_model))
+            self._train(model, all_pairs, None, None, output_dir / "refit_checkpoints", selection["best_epoch"], resume)
+            metrics["refit"] = {"epochs": selection["best_epoch"], "n_train_pairs": len(all_pairs)}
+        model.save(str(output_dir))
+        metrics["train_seconds"] = round(time.perf_counter() - start, 2)
+        _write_json(output_dir / "metrics.json", metrics)  # its presence marks training finished: never half-written
+        return FinetuneResult(output_dir, metrics, metrics["train_seconds"])
+
+    def _train(
+        self,
+        model: SentenceTransformer,
+        pairs: Dataset,
+        loss: torch.nn.Module | None,
+        evaluator: InformationRetrievalEvaluator | None,
+        checkpoint_dir: Path,
+        epochs: int,
+        resume: bool,
+    ) -> SentenceTransformerTrainer:
+        cfg = self.config
         args = SentenceTransformerTrainingArguments(
-            output_dir=str(output_dir / "checkpoints"),
-            num_train_epochs=cfg.epochs,
+            output_dir=str(checkpoint_dir),
+            num_train_epochs=epochs,
             per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate,
@@ -218,20 +274,30 @@ class EmbeddingFinetuner:
             loss=loss or self._loss(model),
             evaluator=evaluator,
         )
-        checkpoints = list((output_dir / "checkpoints").glob("checkpoint-*"))
+        checkpoints = list(checkpoint_dir.glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=bool(resume and checkpoints) or None)
-        if final_evaluator is not None:
-            metrics["val_after"] = _rounded(final_evaluator(model))
-        if evaluator is not None:
-            metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
-        if cfg.freeze_passages and val_ds is not None:
-            metrics["val_after"] = loss.validation_hits(val_ds, by_source, cfg.k)
-        model.save(str(output_dir))
-        metrics["train_seconds"] = round(time.perf_counter() - start, 2)
-        tmp = output_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2))
-        tmp.replace(output_dir / "metrics.json")  # its presence marks training finished: never half-written
-        return FinetuneResult(output_dir, metrics, metrics["train_seconds"])
+        return trainer
+
+
+def _best_epoch(trainer: SentenceTransformerTrainer) -> int:
+    """The epoch whose validation score the trainer kept (its best checkpoint)."""
+    key = f"eval_val_{_SELECTION_METRIC}"
+    scored = [entry for entry in trainer.state.log_history if key in entry]
+    best = max(scored, key=lambda entry: entry[key])  # max keeps the first of equals, as the trainer does
+    return max(1, round(best["epoch"]))
+
+
+def _json_file(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def _rounded(scores: dict) -> dict:
@@ -246,9 +312,12 @@ class QueryOnlyLoss(torch.nn.Module):
     base model, so a training step runs the encoder on short queries only.
     """
 
-    def __init__(self, model: SentenceTransformer, passages: torch.Tensor, source: torch.Tensor, scale: float = 20.0) -> None:
+    def __init__(
+        self, model: SentenceTransformer, texts: list[str], passages: torch.Tensor, source: torch.Tensor, scale: float = 20.0
+    ) -> None:
         super().__init__()
         self.model = model
+        self.texts = texts
         self.register_buffer("passages", passages)
         self.register_buffer("source", source)
         self.scale = scale
@@ -259,11 +328,15 @@ class QueryOnlyLoss(torch.nn.Module):
         return [t for t, _ in items], [s for _, s in items]
 
     @classmethod
-    def for_pairs(cls, model: SentenceTransformer, pairs: Dataset, by_source: dict[str, list[TextNode]]) -> QueryOnlyLoss:
+    def for_corpus(cls, model: SentenceTransformer, by_source: dict[str, list[TextNode]]) -> QueryOnlyLoss:
+        """Embeds every node once with the (still untrained) model."""
         texts, sources = cls.node_texts(by_source)
-        vectors = model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_tensor=True).detach().clone()
+        vectors = model.encode(texts, batch_size=ENCODE_BATCH, normalize_embeddings=True, convert_to_tensor=True).detach().clone()
         codes = {s: i for i, s in enumerate(sorted(set(sources)))}
-        return cls(model, vectors, torch.tensor([codes[s] for s in sources]))
+        return cls(model, texts, vectors, torch.tensor([codes[s] for s in sources]))
+
+    def vectors_by_text(self) -> dict[str, np.ndarray]:
+        return dict(zip(self.texts, self.passages.cpu().numpy()))
 
     @classmethod
     def label_pairs(cls, pairs: Dataset, by_source: dict[str, list[TextNode]]) -> Dataset:
