@@ -20,6 +20,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-overlap", type=int, default=16)
     p.add_argument("--reranker", default="fusion", help="fusion (offline, default), cohere[:MODEL], cross-encoder:PATH")
     p.add_argument("--hybrid", choices=["rrf", "linear"], default="rrf", help="LanceDB fusion for hybrid search")
+    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                   help="encoder runtime for indexing and queries: torch (default), onnx (ONNX Runtime, same vectors), "
+                   "onnx-int8 (faster, slightly less exact; needs the [onnx] extra)")
     p.add_argument("--force", action="store_true", help="redo a directory that holds a finished report")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -75,7 +78,8 @@ def _run_config(args: argparse.Namespace):
 
     from .pipeline import RunConfig
 
-    config = RunConfig(k=args.k, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap, reranker=args.reranker, hybrid=args.hybrid)
+    config = RunConfig(k=args.k, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap, reranker=args.reranker, hybrid=args.hybrid,
+                       backend=args.backend)
     if args.command == "run":
         pairs = args.pairs or ("llm" if args.llm else "offline" if args.queries else "labeled")
         config = replace(config, pairs=pairs, finetune=None)  # the fine-tuning defaults depend on the pairs

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from math import comb
 from pathlib import Path
@@ -14,7 +15,7 @@ from llama_index.core.schema import NodeWithScore
 from tqdm.auto import tqdm
 
 from .data import SOURCE_ID_KEY, QADataset
-from .index import LanceDBRetriever, RerankedRetriever, embed_queries
+from .index import LanceDBRetriever, RerankedRetriever, SharedSearch, embed_queries
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -121,19 +122,39 @@ def evaluate_retrievers(
     model: str = "model",
     rerankers: Mapping[str, str | None] | None = None,
 ) -> list[EvalResult]:
-    """Score each retriever; retrievers sharing an embedding model share one batched query embedding."""
+    """Score each retriever with the same results `evaluate_retriever` gives, sharing the work between them.
+
+    Retrievers with one embedding model share one batched query embedding; this package's
+    retrievers on one table also share their LanceDB candidates (`SharedSearch`).
+    """
     rerankers = rerankers or {}
     queries = [dataset.queries[q] for q in dataset.query_ids]
     vectors_by_model: dict[int, np.ndarray] = {}
-    results = []
-    for qt, r in tqdm(retrievers.items(), desc=f"evaluate {model}", unit="query type"):
-        vectors = None
-        if isinstance(r, (LanceDBRetriever, RerankedRetriever)):
-            if id(r.embed_model) not in vectors_by_model:
-                vectors_by_model[id(r.embed_model)] = embed_queries(r.embed_model, queries)
-            vectors = vectors_by_model[id(r.embed_model)]
-        results.append(evaluate_retriever(r, dataset, k, model, qt, rerankers.get(qt), vectors=vectors))
+    ours = {qt: r for qt, r in retrievers.items() if isinstance(r, (LanceDBRetriever, RerankedRetriever))}
+    for r in ours.values():
+        if id(r.embed_model) not in vectors_by_model:
+            vectors_by_model[id(r.embed_model)] = embed_queries(r.embed_model, queries)
+    with ExitStack() as stack:
+        for search, limits in _shared_searches(ours.values()).items():
+            search.prefetch(queries, vectors_by_model[id(search.embed_model)], *limits)
+            stack.enter_context(search)
+        results = []
+        for qt, r in tqdm(retrievers.items(), desc=f"evaluate {model}", unit="query type"):
+            vectors = vectors_by_model[id(r.embed_model)] if qt in ours else None
+            results.append(evaluate_retriever(r, dataset, k, model, qt, rerankers.get(qt), vectors=vectors))
     return results
+
+
+def _shared_searches(retrievers: Iterable[LanceDBRetriever | RerankedRetriever]) -> dict[SharedSearch, tuple[int, int]]:
+    """One SharedSearch per (table, embedding model), with the deepest vector and full-text lists any retriever needs."""
+    limits: dict[tuple[int, int], list] = {}
+    for r in retrievers:
+        base = r.base if isinstance(r, RerankedRetriever) else r
+        entry = limits.setdefault((id(base.table), id(base.embed_model)), [base, 0, 0])
+        vector_k = base.similarity_top_k if base.query_type in ("vector", "hybrid") else 0
+        fts_k = base.similarity_top_k if base.query_type in ("fts", "hybrid") else 0
+        entry[1], entry[2] = max(entry[1], vector_k), max(entry[2], fts_k)
+    return {SharedSearch(base.table, base.embed_model, base.nprobes): (v, f) for base, v, f in limits.values() if v and f}
 
 
 def with_significance(baseline: Sequence[EvalResult], tuned: Sequence[EvalResult]) -> None:

@@ -23,6 +23,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 from lancedb.index import FTS
+from lancedb.rerankers import RRFReranker
 from llama_index.core import VectorStoreIndex
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -34,7 +35,7 @@ from llama_index.vector_stores.lancedb import LanceDBVectorStore
 from tqdm.auto import tqdm
 
 from .errors import TuningError
-from .models import resolve_model
+from .models import ENCODE_BATCH, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +49,20 @@ _RESULT_COLUMNS = ["id", "doc_id", "text", "metadata", "vector"]
 _SEARCH_THREADS = 4
 
 
-def load_embed_model(model: str | BaseEmbedding | None = None, embed_batch_size: int = 64) -> BaseEmbedding:
-    """Any LlamaIndex embedding as is; a path or hub id as a `HuggingFaceEmbedding`."""
+Backend = Literal["torch", "onnx", "onnx-int8"]
+BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+def load_embed_model(model: str | BaseEmbedding | None = None, embed_batch_size: int = ENCODE_BATCH, backend: Backend = "torch") -> BaseEmbedding:
+    """Any LlamaIndex embedding as is; a path or hub id as a `HuggingFaceEmbedding`, or as an
+    `OnnxEmbedding` run by ONNX Runtime (`onnx`: fp32, same vectors; `onnx-int8`: faster, less exact)."""
     if isinstance(model, BaseEmbedding):
         return model
+    if backend not in BACKENDS:
+        raise TuningError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
     name = resolve_model(model)
+    if backend != "torch":
+        from .onnx_backend import OnnxEmbedding
+
+        return OnnxEmbedding(name, int8=backend == "onnx-int8", embed_batch_size=embed_batch_size)
     try:
         return HuggingFaceEmbedding(model_name=name, embed_batch_size=embed_batch_size)
     except Exception as exc:  # hub/transformers raise many types for "not found / offline"
@@ -61,26 +71,36 @@ def load_embed_model(model: str | BaseEmbedding | None = None, embed_batch_size:
         ) from None
 
 
-def embed_texts(embed_model: BaseEmbedding, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Passage embeddings as float32, normalised; large batches straight to sentence-transformers when we can."""
+def _direct_encoder(embed_model: BaseEmbedding) -> Callable[[list[str], int], np.ndarray] | None:
+    """Batched normalised encoding straight from the model, where the embedding class allows it."""
+    from .onnx_backend import OnnxEmbedding
+
+    if isinstance(embed_model, OnnxEmbedding):
+        return lambda texts, _: embed_model.encode(texts)
     st_model = getattr(embed_model, "_model", None)
     if isinstance(embed_model, HuggingFaceEmbedding) and st_model is not None:
-        # HuggingFaceEmbedding sends 10 texts per call through per-batch callbacks; the
-        # underlying model sorts the whole list by length and pads per batch. That pays on
-        # mixed-length text; on uniform chunks and an idle CPU it is level (BENCHMARKS.md).
-        vectors = st_model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        return lambda texts, batch_size: st_model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    return None
+
+
+def embed_texts(embed_model: BaseEmbedding, texts: Sequence[str], batch_size: int = ENCODE_BATCH) -> np.ndarray:
+    """Passage embeddings as float32, normalised; batched straight through the model when we can
+    (LlamaIndex's path sends `embed_batch_size` texts per call through per-batch callbacks)."""
+    encode = _direct_encoder(embed_model)
+    if encode is not None:
+        vectors = encode(list(texts), batch_size)
     else:
         vectors = np.asarray(embed_model.get_text_embedding_batch(list(texts)), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
     return vectors.astype(np.float32, copy=False)
 
 
-def embed_queries(embed_model: BaseEmbedding, queries: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    st_model = getattr(embed_model, "_model", None)
-    if isinstance(embed_model, HuggingFaceEmbedding) and st_model is not None:
-        prompt = embed_model.query_instruction
+def embed_queries(embed_model: BaseEmbedding, queries: Sequence[str], batch_size: int = ENCODE_BATCH) -> np.ndarray:
+    encode = _direct_encoder(embed_model)
+    if encode is not None:
+        prompt = getattr(embed_model, "query_instruction", None)
         texts = [f"{prompt} {q}".strip() if prompt else q for q in queries]
-        return st_model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+        return encode(texts, batch_size).astype(np.float32)
     vectors = np.asarray([embed_model.get_query_embedding(q) for q in queries], dtype=np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
 
@@ -355,7 +375,12 @@ class LanceDBRetriever(BaseRetriever):
         `vectors`: query embeddings a caller already computed, so they are not embedded twice.
         """
         if self.query_type != "fts" and vectors is None:
-            vectors = embed_queries(self.embed_model, queries, batch_size)
+            vectors = embed_queries(self.embed_model, queries)
+        shared = active_search(self.table, self.embed_model)
+        if shared is not None:
+            found = shared.results(self.query_type, queries, self.similarity_top_k, self.hybrid_reranker)
+            if found is not None:
+                return found
         if self.query_type == "vector":
             return self._vector_search_many(queries, vectors, batch_size)
         # Full-text and hybrid queries are one LanceDB query each; they run on LanceDB's
@@ -381,6 +406,118 @@ class LanceDBRetriever(BaseRetriever):
             for position, hit in zip(positions, _with_scores(rows.to_pylist(), "_distance")):
                 out[start + position].append(hit)
         return [hits if q.strip() else [] for q, hits in zip(queries, out)]
+
+
+_ACTIVE_SEARCHES: dict[tuple[int, int], SharedSearch] = {}
+
+
+def active_search(table: lancedb.table.Table, embed_model: BaseEmbedding) -> SharedSearch | None:
+    return _ACTIVE_SEARCHES.get((id(table), id(embed_model)))
+
+
+def shared_bm25(table: lancedb.table.Table, query: str, ids: Sequence[str]) -> dict[str, float] | None:
+    """BM25 scores of rows `ids` for `query` from a search prefetched on `table`, if one knows them."""
+    for search in list(_ACTIVE_SEARCHES.values()):
+        if search.table is table and (scores := search.bm25(query, ids)) is not None:
+            return scores
+    return None
+
+
+class SharedSearch:
+    """Vector and full-text candidates fetched once per query, shared by every query type on one table.
+
+    Scoring the five query types would otherwise cost each query five full-text searches
+    (full-text, reranked full-text, the BM25 lookup of each rerank, the hybrid's own) and
+    the vector search three times. Here each query costs one row in a batched vector search
+    and one full-text search, and the lists serve all types with the same results: a top-k
+    cut of a longer ranked list is the shorter list, a row's BM25 score does not depend on
+    which rows are returned, and RRF uses only each list's order. Inside `with shared:`,
+    `LanceDBRetriever.retrieve_many` and `FusionRerank` read from it for prefetched queries.
+    """
+
+    def __init__(self, table: lancedb.table.Table, embed_model: BaseEmbedding, nprobes: int = 20, fts_depth: int = 200) -> None:
+        self.table = table
+        self.embed_model = embed_model
+        self.nprobes = nprobes
+        self.fts_depth = fts_depth
+        self._vector: dict[str, list[NodeWithScore]] = {}
+        self._fts: dict[str, list[NodeWithScore]] = {}
+        self._bm25: dict[str, tuple[dict[str, float], bool]] = {}  # query -> (scores by id, list complete)
+        self._vector_limit = self._fts_limit = 0
+
+    def prefetch(self, queries: Sequence[str], vectors: np.ndarray, vector_limit: int, fts_limit: int) -> None:
+        first = {q: i for i, q in reversed(list(enumerate(queries))) if q.strip()}  # each distinct query once
+        queries = list(first)
+        vector_search = LanceDBRetriever(self.table, self.embed_model, "vector", vector_limit, nprobes=self.nprobes)
+        self._vector = dict(zip(queries, vector_search._vector_search_many(queries, np.asarray(vectors)[list(first.values())], 64)))
+        self._vector_limit = vector_limit
+        with ThreadPoolExecutor(max_workers=_SEARCH_THREADS) as pool:
+            ranked = list(pool.map(self._fts_ids, queries))
+        nodes = {hit.node.node_id: hit.node for hits in self._vector.values() for hit in hits}
+        wanted = {i for ids in ranked for i, _ in ids[:fts_limit] if i not in nodes}
+        nodes.update(self._rows_by_id(wanted))
+        for query, ids in zip(queries, ranked):
+            self._bm25[query] = (dict(ids), len(ids) < self.fts_depth)
+            self._fts[query] = [NodeWithScore(node=nodes[i], score=score) for i, score in ids[:fts_limit]]
+        self._fts_limit = fts_limit
+
+    def _fts_ids(self, query: str) -> list[tuple[str, float]]:
+        try:
+            rows = self.table.search(query, query_type="fts", fts_columns="text").select(["id", "_score"]).limit(self.fts_depth).to_list()
+        except Warning:
+            return []
+        return [(r["id"], float(r["_score"])) for r in rows]
+
+    def _rows_by_id(self, ids: set[str], chunk: int = 1000) -> dict[str, BaseNode]:
+        out: dict[str, BaseNode] = {}
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), chunk):
+            quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ordered[start : start + chunk])
+            rows = self.table.search().where(f"id IN ({quoted})").select(_RESULT_COLUMNS).limit(None).to_list()
+            out.update((row["id"], _node_from_row(row)) for row in rows)
+        return out
+
+    def results(self, query_type: str, queries: Sequence[str], k: int, hybrid_reranker: Any = None) -> list[list[NodeWithScore]] | None:
+        """Results for every query, or None where these lists cannot give LanceDB's own answer."""
+        if any(q.strip() and q not in self._bm25 for q in queries):
+            return None
+        if query_type == "vector" and k <= self._vector_limit:
+            return [self._vector[q][:k] if q.strip() else [] for q in queries]
+        if query_type == "fts" and k <= self._fts_limit:
+            return [self._fts[q][:k] if q.strip() else [] for q in queries]
+        if query_type == "hybrid" and isinstance(hybrid_reranker, RRFReranker) and k <= min(self._vector_limit, self._fts_limit):
+            return [self._rrf(q, k, hybrid_reranker) if q.strip() else [] for q in queries]
+        return None
+
+    def _rrf(self, query: str, k: int, reranker: RRFReranker) -> list[NodeWithScore]:
+        """LanceDB's RRF fusion of the two top-k lists, as its hybrid query runs it."""
+        legs = (self._vector[query][:k], self._fts[query][:k])
+        nodes = {hit.node.node_id: hit.node for leg in legs for hit in leg}
+        codes = {node_id: i for i, node_id in enumerate(nodes)}
+
+        def table(hits: list[NodeWithScore], score: str) -> pa.Table:
+            ids = [h.node.node_id for h in hits]
+            return pa.table({"id": ids, "_rowid": [codes[i] for i in ids], score: [float(h.score) for h in hits]})
+
+        fused = reranker.rerank_hybrid(query, table(legs[0], "_distance"), table(legs[1], "_score"))
+        return [NodeWithScore(node=nodes[i], score=float(s)) for i, s in zip(fused["id"].to_pylist()[:k], fused["_relevance_score"].to_pylist())]
+
+    def bm25(self, query: str, ids: Sequence[str]) -> dict[str, float] | None:
+        """BM25 scores of these rows for a prefetched query (absent: no match), or None if unknown."""
+        known = self._bm25.get(query)
+        if known is None:
+            return None
+        scores, complete = known
+        if not complete and any(i not in scores for i in ids):
+            return None  # below the fetched depth: only a filtered search can tell
+        return {i: scores[i] for i in ids if i in scores}
+
+    def __enter__(self) -> SharedSearch:
+        _ACTIVE_SEARCHES[(id(self.table), id(self.embed_model))] = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _ACTIVE_SEARCHES.pop((id(self.table), id(self.embed_model)), None)
 
 
 class RerankedRetriever(BaseRetriever):
@@ -418,7 +555,7 @@ class RerankedRetriever(BaseRetriever):
     ) -> list[list[NodeWithScore]]:
         """Retrieve and rerank many queries, each embedded once for both the base search and the reranker."""
         if vectors is None:
-            vectors = embed_queries(self.base.embed_model, queries, batch_size)
+            vectors = embed_queries(self.base.embed_model, queries)
         bundles = [QueryBundle(q, embedding=v.tolist()) for q, v in zip(queries, vectors)]
         candidates = self.base.retrieve_many(queries, batch_size, vectors)
         # Rerankers may query the table (BM25) or a service per query: overlap them.

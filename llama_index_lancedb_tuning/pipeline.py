@@ -7,6 +7,7 @@ where it stopped; a directory holding a finished report is refused unless forced
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import shutil
@@ -20,7 +21,7 @@ from .data import QADataset, chunk_corpus, model_tokenizer
 from .errors import TuningError
 from .evaluate import EvalResult, comparison_plot, comparison_table, evaluate_retrievers, with_significance
 from .finetune import EmbeddingFinetuner, FinetuneConfig
-from .index import LanceDBIndex
+from .index import BACKENDS, LanceDBIndex, load_embed_model
 from .models import DEFAULT_MODEL, resolve_model
 from .rerank import hybrid_reranker, node_reranker, reranker_name
 
@@ -42,6 +43,7 @@ class RunConfig:
     overfetch: int = 2
     pairs: str = "labeled"
     llm: str | None = None
+    backend: str = "torch"  # encoder runtime for indexing and queries: torch, onnx or onnx-int8
     finetune: FinetuneConfig | None = None  # None: recommended_finetune(pairs)
 
     def __post_init__(self) -> None:
@@ -78,7 +80,7 @@ def score_model(
     Adds the seconds spent to `timings["index"]` and `timings["evaluate"]`.
     """
     t = time.perf_counter()
-    index = LanceDBIndex.build(nodes, model, uri=uri, table_name=table_name, mode="overwrite")
+    index = LanceDBIndex.build(nodes, load_embed_model(model, backend=config.backend), uri=uri, table_name=table_name, mode="overwrite")
     timings["index"] = round(timings.get("index", 0.0) + time.perf_counter() - t, 2)
     t = time.perf_counter()
     reranker = node_reranker(config.reranker, config.k, index.embed_model, index.table)
@@ -154,6 +156,10 @@ def check_settings(dataset: QADataset, model: str | None, config: RunConfig) -> 
             f"nearly every query as found; pass --k {len(dataset.corpus)} or less"
         )
     resolve_model(model)
+    if config.backend not in BACKENDS:
+        raise TuningError(f"unknown backend '{config.backend}'; use one of {', '.join(BACKENDS)}")
+    if config.backend != "torch" and importlib.util.find_spec("onnxruntime") is None:
+        raise TuningError(f"--backend {config.backend} needs onnxruntime: pip install 'llama-index-lancedb-tuning[onnx]'")
     if isinstance(config.reranker, str) and config.reranker:
         name, _, arg = config.reranker.partition(":")
         if name == "cross-encoder" and arg:

@@ -20,7 +20,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from .errors import TuningError
-from .index import embed_queries, embed_texts
+from .index import embed_queries, embed_texts, shared_bm25
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ class FusionRerank(BaseNodePostprocessor):
     def _lexical_scores(self, query: str, nodes: list[NodeWithScore]) -> dict[str, float]:
         if self._table is None:
             return {}
+        known = shared_bm25(self._table, query, [n.node.node_id for n in nodes])
+        if known is not None:
+            return known
         ids = ", ".join("'" + n.node.node_id.replace("'", "''") + "'" for n in nodes)
         try:
             rows = (

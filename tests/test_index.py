@@ -56,6 +56,54 @@ def test_batched_retrieval_matches_one_query_at_a_time(built, small_dataset):
     assert index.retriever("vector", 5).retrieve_many(queries)[-2] == []
 
 
+def _same_up_to_ties(got, want, name):
+    """Same scores in the same order; ids may swap only among equal scores (LanceDB orders ties by limit)."""
+    np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-4, err_msg=name)
+    groups = {}
+    for g, w in zip(got, want):
+        key = round(w.score, 3)
+        a, b = groups.setdefault(key, (set(), set()))
+        a.add(g.node.node_id), b.add(w.node.node_id)
+    tied_at_cut = round(want[-1].score, 3) if want else None
+    for key, (a, b) in groups.items():
+        assert a == b or key == tied_at_cut, name  # a tie cut by k may keep either row
+
+
+def test_shared_search_serves_every_query_type_with_lancedb_own_results(built, small_dataset):
+    from llama_index_lancedb_tuning.index import SharedSearch
+    from llama_index_lancedb_tuning.rerank import FusionRerank
+
+    index, _ = built
+    reranker = node_reranker("fusion", 5, index.embed_model, index.table)
+    retrievers = index.retrievers(5, reranker, hybrid_reranker("rrf"))
+    queries = [small_dataset.queries[q] for q in small_dataset.query_ids[:12]] + ["  ", "qqqzzzxxy"]
+    vectors = embed_queries(index.embed_model, queries)
+    alone = {name: r.retrieve_many(queries, vectors=vectors) for name, r in retrievers.items()}
+
+    lookups = []
+    original = FusionRerank._lexical_scores
+    FusionRerank._lexical_scores = lambda self, q, nodes: lookups.append(q) or original(self, q, nodes)
+    searches = []
+    table_search = type(index.table).search
+    type(index.table).search = lambda self, *a, **kw: searches.append(kw.get("query_type", "vector")) or table_search(self, *a, **kw)
+    try:
+        with SharedSearch(index.table, index.embed_model) as shared:
+            shared.prefetch(queries, vectors, vector_limit=10, fts_limit=10)
+            prefetch_searches = len(searches)
+            together = {name: r.retrieve_many(queries, vectors=vectors) for name, r in retrievers.items()}
+    finally:
+        FusionRerank._lexical_scores, type(index.table).search = original, table_search
+    # One batched vector search, one full-text search per non-blank query, one fetch of missing rows; none after.
+    assert prefetch_searches == 1 + 13 + 1 and len(searches) == prefetch_searches
+    # Both reranked types asked for BM25 scores (the no-match query has no full-text candidates to
+    # rerank) and found them in the shared lists: no table search ran after the prefetch.
+    assert len(lookups) == 13 + 12
+    for name in retrievers:
+        for got, want in zip(together[name], alone[name]):
+            _same_up_to_ties(got, want, name)
+    assert together["vector"][12] == [] and together["fts"][13] == []
+
+
 def test_hit_rates_on_real_data_are_in_the_expected_range(built, small_dataset):
     index, _ = built
     result = evaluate_retriever(index.retriever("vector", 5), small_dataset, 5)

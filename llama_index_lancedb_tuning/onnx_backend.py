@@ -1,0 +1,160 @@
+"""A sentence-transformers model run by ONNX Runtime, fp32 or int8, as a LlamaIndex embedding.
+
+sentence-transformers' own `backend="onnx"` needs optimum-onnx, which pins transformers<4.58
+and so cannot sit beside this package's transformers 5. This module does the same job for
+mean- or CLS-pooled encoders: it exports the model's transformer once with `torch.onnx`,
+optionally quantises the weights to int8 with ONNX Runtime's dynamic quantisation, and
+pools and normalises in numpy. Exports are cached under `~/.cache/llama-index-lancedb-tuning`
+(or `$LANCEDB_TUNE_CACHE`), with sentence-transformers' file names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+
+from .errors import TuningError
+from .models import resolve_model
+
+FP32_FILE = "model.onnx"
+INT8_FILE = "model_qint8_avx2.onnx"
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _onnx_dir(model_dir: Path, cache_dir: str | Path | None) -> Path:
+    """A cache directory keyed by the model's path and its weights' size and time, so a retrained model
+    gets a fresh export; the model directory itself is never written to."""
+    weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+    stamp = [str(model_dir)] + [f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights]
+    base = Path(cache_dir or os.environ.get("LANCEDB_TUNE_CACHE") or Path.home() / ".cache" / "llama-index-lancedb-tuning")
+    return base / "onnx" / hashlib.sha1("|".join(stamp).encode()).hexdigest()[:16]
+
+
+def _pooling(model: Any) -> str:
+    modes = [m for m in model if type(m).__name__ == "Pooling"]
+    mode = modes[0].get_config_dict().get("pooling_mode", "mean") if modes else "mean"
+    if mode not in ("mean", "cls"):
+        raise TuningError(f"pooling '{mode}' is not supported by the ONNX backend; use the torch backend for this model")
+    return mode
+
+
+def export_onnx(model: str | None = None, int8: bool = False, cache_dir: str | Path | None = None) -> Path:
+    """The model's transformer as an ONNX file (exported once, then reused), int8-quantised if asked."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    name = resolve_model(model)
+    if not Path(name).is_dir():
+        raise TuningError(f"the ONNX backend needs a local model directory, got '{model}'; save or download the model first")
+    out = _onnx_dir(Path(name), cache_dir)
+    fp32, int8_path = out / FP32_FILE, out / INT8_FILE
+    if not fp32.exists():
+        st = SentenceTransformer(name, device="cpu")
+        transformer = st[0].auto_model.eval()
+
+        class Encoder(torch.nn.Module):  # keyword call: transformers 5 reordered the positional arguments
+            def __init__(self) -> None:
+                super().__init__()
+                self.transformer = transformer
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self.transformer(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+        sample = st.tokenizer(["an export sample", "a second, longer export sample"], padding=True, return_tensors="pt")
+        if "token_type_ids" not in sample:
+            sample["token_type_ids"] = torch.zeros_like(sample["input_ids"])
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = fp32.with_suffix(".tmp")
+        axes = {"batch": 0, "tokens": 1}
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes about shape arithmetic that dynamic axes cover
+            torch.onnx.export(
+                Encoder(), tuple(sample[k] for k in _INPUTS), str(tmp),
+                input_names=list(_INPUTS), output_names=["last_hidden_state"],
+                dynamic_axes={k: {v: n for n, v in axes.items()} for k in (*_INPUTS, "last_hidden_state")},
+                opset_version=17, dynamo=False,
+            )
+        (out / "pooling.json").write_text(json.dumps({"pooling": _pooling(st), "max_seq_length": st.max_seq_length}))
+        tmp.replace(fp32)  # only a finished export is ever reused
+    if int8 and not int8_path.exists():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        tmp = int8_path.with_suffix(".tmp")
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        tmp.replace(int8_path)
+    return int8_path if int8 else fp32
+
+
+class OnnxEmbedding(BaseEmbedding):
+    """Embeds with ONNX Runtime on the CPU: the same vectors as sentence-transformers in fp32
+    (to about 1e-6), or int8 weights for faster encoding at a measured cost (BENCHMARKS.md)."""
+
+    model_name: str = Field(description="Model directory (or the bundled default's name).")
+    int8: bool = Field(default=False, description="Use int8-quantised weights.")
+    max_length: int = Field(default=256, description="Tokens kept per text.")
+    pooling: str = Field(default="mean", description="mean or cls.")
+    _session: Any = PrivateAttr()
+    _tokenizer: Any = PrivateAttr()
+
+    def __init__(self, model_name: str | None = None, int8: bool = False, embed_batch_size: int = 16,
+                 cache_dir: str | Path | None = None, threads: int | None = None, **kwargs: Any) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise TuningError("the ONNX backend needs onnxruntime: pip install 'llama-index-lancedb-tuning[onnx]'") from None
+        from transformers import AutoTokenizer
+
+        path = export_onnx(model_name, int8, cache_dir)
+        settings = json.loads((path.parent / "pooling.json").read_text())
+        super().__init__(model_name=resolve_model(model_name), int8=int8, max_length=settings["max_seq_length"],
+                         pooling=settings["pooling"], embed_batch_size=embed_batch_size, **kwargs)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model_name)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "OnnxEmbedding"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Normalised float32 vectors; texts run longest first so each batch pads little."""
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        vectors: list[np.ndarray] = [np.empty(0)] * len(texts)
+        for start in range(0, len(texts), self.embed_batch_size):
+            batch = order[start : start + self.embed_batch_size]
+            enc = self._tokenizer([texts[i] for i in batch], padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+            feed = {k: enc[k].astype(np.int64) for k in _INPUTS if k in enc}
+            feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
+            hidden = self._session.run(None, feed)[0]
+            if self.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = enc["attention_mask"][..., None].astype(np.float32)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clip(min=1e-9)
+            pooled /= np.linalg.norm(pooled, axis=1, keepdims=True).clip(min=1e-12)
+            for i, v in zip(batch, pooled):
+                vectors[i] = v
+        return np.stack(vectors).astype(np.float32) if texts else np.zeros((0, 0), np.float32)
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self.encode([query])[0].tolist()
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self.encode([text])[0].tolist()
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self.encode(list(texts)).tolist()
