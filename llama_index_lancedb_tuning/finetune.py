@@ -213,11 +213,13 @@ class EmbeddingFinetuner:
         selection = _json_file(selection_path) if resume and will_refit else None
         if selection is None:
             trainer = self._train(model, pairs, loss, evaluator, output_dir / "checkpoints", cfg.epochs, resume)
-            if final_evaluator is not None:
-                metrics["val_after"] = _rounded(final_evaluator(model))
-            if evaluator is not None:
+            if evaluator is not None:  # the kept epoch's scores: no second pass over the corpus
+                best = _best_evaluation(trainer)
+                metrics["val_after"] = _rounded({k[len("eval_"):]: v for k, v in best.items() if k.startswith("eval_val_")})
                 metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
-                metrics["best_epoch"] = _best_epoch(trainer)
+                metrics["best_epoch"] = max(1, round(best["epoch"]))
+            elif final_evaluator is not None:
+                metrics["val_after"] = _rounded(final_evaluator(model))
             if cfg.freeze_passages and val_ds is not None:
                 metrics["val_after"] = loss.validation_hits(val_ds, by_source, cfg.k)
             selection = {k: metrics[k] for k in ("val_before", "val_after", "best_checkpoint", "best_epoch") if k in metrics}
@@ -279,12 +281,11 @@ class EmbeddingFinetuner:
         return trainer
 
 
-def _best_epoch(trainer: SentenceTransformerTrainer) -> int:
-    """The epoch whose validation score the trainer kept (its best checkpoint)."""
+def _best_evaluation(trainer: SentenceTransformerTrainer) -> dict:
+    """The logged validation scores of the epoch the trainer kept (its best checkpoint)."""
     key = f"eval_val_{_SELECTION_METRIC}"
     scored = [entry for entry in trainer.state.log_history if key in entry]
-    best = max(scored, key=lambda entry: entry[key])  # max keeps the first of equals, as the trainer does
-    return max(1, round(best["epoch"]))
+    return max(scored, key=lambda entry: entry[key])  # max keeps the first of equals, as the trainer does
 
 
 def _json_file(path: Path) -> dict | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -88,9 +89,23 @@ def export_onnx(model: str | None = None, int8: bool = False, cache_dir: str | P
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         tmp = int8_path.with_suffix(".tmp")
-        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        hint = _DropRecords("pre-processing before quantization")  # advice for static quantisation, logged on root
+        logging.getLogger().addFilter(hint)
+        try:
+            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            logging.getLogger().removeFilter(hint)
         tmp.replace(int8_path)
     return int8_path if int8 else fp32
+
+
+class _DropRecords(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 class OnnxEmbedding(BaseEmbedding):
