@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from llama_index_lancedb_tuning.cli import main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample_qa.csv"
@@ -45,3 +47,14 @@ def test_fine_tuning_defaults_follow_the_source_of_pairs():
     assert (offline.pairs, offline.finetune.epochs, offline.finetune.learning_rate) == ("offline", 2, 3e-5)
     assert (chosen.finetune.epochs, chosen.finetune.learning_rate) == (3, 1e-4)  # flags beat the defaults
     assert config("--queries", "q.csv").pairs == "offline"
+
+
+def test_backend_flag_reaches_the_run_config_and_bad_choices_exit_2(capsys):
+    from llama_index_lancedb_tuning.cli import _run_config, build_parser, main
+
+    args = build_parser().parse_args(["evaluate", "--model", "m", "data.csv", "--out", "o", "--backend", "onnx-int8"])
+    assert _run_config(args).backend == "onnx-int8"
+    assert _run_config(build_parser().parse_args(["run", "data.csv", "--out", "o"])).backend == "torch"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "data.csv", "--out", "o", "--backend", "tensorrt"])
+    assert exit_info.value.code == 2 and "invalid choice: 'tensorrt'" in capsys.readouterr().err
