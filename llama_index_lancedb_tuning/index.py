@@ -446,6 +446,7 @@ class SharedSearch:
         self._vector_limit = self._fts_limit = 0
 
     def prefetch(self, queries: Sequence[str], vectors: np.ndarray, vector_limit: int, fts_limit: int) -> None:
+        self.fts_depth = max(self.fts_depth, fts_limit)  # the full-text lists must reach the deepest cut
         first = {q: i for i, q in reversed(list(enumerate(queries))) if q.strip()}  # each distinct query once
         queries = list(first)
         vector_search = LanceDBRetriever(self.table, self.embed_model, "vector", vector_limit, nprobes=self.nprobes)
