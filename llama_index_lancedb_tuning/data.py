@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from llama_index.core.node_parser import SentenceSplitter
@@ -25,6 +26,22 @@ from .errors import TuningError
 logger = logging.getLogger(__name__)
 
 SOURCE_ID_KEY = "source_id"
+
+
+def write_json(path: str | Path, data: Any, **dumps: Any) -> None:
+    """Write JSON atomically: a killed write never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, **dumps), encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_json(path: str | Path) -> Any | None:
+    """A JSON file's content, or None if it is absent or was torn by a kill mid-write."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def stable_id(prefix: str, text: str) -> str:
@@ -60,9 +77,7 @@ class QADataset:
     def save_json(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(path)  # atomic: a killed write never leaves half a file
+        write_json(path, self.to_dict(), indent=2, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, path: str | Path) -> QADataset:

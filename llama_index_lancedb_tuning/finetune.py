@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ from sentence_transformers.sentence_transformer.losses import (
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 from sentence_transformers.util import mine_hard_negatives
 
-from .data import SOURCE_ID_KEY, QADataset
+from .data import SOURCE_ID_KEY, QADataset, read_json, write_json
 from .errors import TuningError
 from .models import ENCODE_BATCH, resolve_model
 
@@ -210,7 +209,7 @@ class EmbeddingFinetuner:
 
         will_refit = cfg.refit and evaluator is not None
         selection_path = output_dir / "selection.json"
-        selection = _json_file(selection_path) if resume and will_refit else None
+        selection = read_json(selection_path) if resume and will_refit else None
         if selection is None:
             trainer = self._train(model, pairs, loss, evaluator, output_dir / "checkpoints", cfg.epochs, resume)
             if evaluator is not None:  # the kept epoch's scores: no second pass over the corpus
@@ -224,7 +223,7 @@ class EmbeddingFinetuner:
                 metrics["val_after"] = loss.validation_hits(val_ds, by_source, cfg.k)
             selection = {k: metrics[k] for k in ("val_before", "val_after", "best_checkpoint", "best_epoch") if k in metrics}
             if will_refit:
-                _write_json(selection_path, selection)  # a killed refit resumes without training this stage again
+                write_json(selection_path, selection, indent=2)  # a killed refit resumes without training this stage again
         metrics.update(selection)
 
         if will_refit:
@@ -235,7 +234,7 @@ class EmbeddingFinetuner:
             metrics["refit"] = {"epochs": selection["best_epoch"], "n_train_pairs": len(all_pairs)}
         model.save(str(output_dir))
         metrics["train_seconds"] = round(time.perf_counter() - start, 2)
-        _write_json(output_dir / "metrics.json", metrics)  # its presence marks training finished: never half-written
+        write_json(output_dir / "metrics.json", metrics, indent=2)  # its presence marks training finished: never half-written
         return FinetuneResult(output_dir, metrics, metrics["train_seconds"])
 
     def _train(
@@ -286,19 +285,6 @@ def _best_evaluation(trainer: SentenceTransformerTrainer) -> dict:
     key = f"eval_val_{_SELECTION_METRIC}"
     scored = [entry for entry in trainer.state.log_history if key in entry]
     return max(scored, key=lambda entry: entry[key])  # max keeps the first of equals, as the trainer does
-
-
-def _json_file(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
 
 
 def _rounded(scores: dict) -> dict:

@@ -10,6 +10,7 @@ with no match raises a bare `Warning`, and FTS/hybrid hits get rank-based fake s
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import random
 import time
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lancedb
 import numpy as np
@@ -50,14 +51,23 @@ _SEARCH_THREADS = 4
 
 
 Backend = Literal["torch", "onnx", "onnx-int8"]
-BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
+
+def check_backend(backend: str) -> None:
+    """A known encoder backend, with its runtime installed."""
+    if backend not in BACKENDS:
+        raise TuningError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    if backend != "torch" and importlib.util.find_spec("onnxruntime") is None:
+        raise TuningError(f"backend '{backend}' needs onnxruntime: pip install 'llama-index-lancedb-tuning[onnx]'")
+
+
 def load_embed_model(model: str | BaseEmbedding | None = None, embed_batch_size: int = ENCODE_BATCH, backend: Backend = "torch") -> BaseEmbedding:
     """Any LlamaIndex embedding as is; a path or hub id as a `HuggingFaceEmbedding`, or as an
     `OnnxEmbedding` run by ONNX Runtime (`onnx`: fp32, same vectors; `onnx-int8`: faster, less exact)."""
     if isinstance(model, BaseEmbedding):
         return model
-    if backend not in BACKENDS:
-        raise TuningError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     name = resolve_model(model)
     if backend != "torch":
         from .onnx_backend import OnnxEmbedding
@@ -133,6 +143,11 @@ def _rows(nodes: Sequence[BaseNode], vectors: np.ndarray, dim: int) -> pa.Table:
         },
         schema=table_schema(dim),
     )
+
+
+def sql_id_list(ids: Iterable[str]) -> str:
+    """Ids quoted for a LanceDB `id IN (...)` filter."""
+    return ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
 
 
 def _batches(nodes: Iterable[BaseNode], size: int) -> Iterator[list[BaseNode]]:
@@ -447,7 +462,10 @@ class SharedSearch:
 
     def prefetch(self, queries: Sequence[str], vectors: np.ndarray, vector_limit: int, fts_limit: int) -> None:
         self.fts_depth = max(self.fts_depth, fts_limit)  # the full-text lists must reach the deepest cut
-        first = {q: i for i, q in reversed(list(enumerate(queries))) if q.strip()}  # each distinct query once
+        first: dict[str, int] = {}  # each distinct query once, at its first position
+        for i, q in enumerate(queries):
+            if q.strip():
+                first.setdefault(q, i)
         queries = list(first)
         vector_search = LanceDBRetriever(self.table, self.embed_model, "vector", vector_limit, nprobes=self.nprobes)
         self._vector = dict(zip(queries, vector_search._vector_search_many(queries, np.asarray(vectors)[list(first.values())], 64)))
@@ -473,8 +491,7 @@ class SharedSearch:
         out: dict[str, BaseNode] = {}
         ordered = sorted(ids)
         for start in range(0, len(ordered), chunk):
-            quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ordered[start : start + chunk])
-            rows = self.table.search().where(f"id IN ({quoted})").select(_RESULT_COLUMNS).limit(None).to_list()
+            rows = self.table.search().where(f"id IN ({sql_id_list(ordered[start : start + chunk])})").select(_RESULT_COLUMNS).limit(None).to_list()
             out.update((row["id"], _node_from_row(row)) for row in rows)
         return out
 

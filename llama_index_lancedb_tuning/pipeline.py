@@ -7,7 +7,6 @@ where it stopped; a directory holding a finished report is refused unless forced
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import shutil
@@ -17,11 +16,11 @@ from pathlib import Path
 
 from llama_index.core.schema import TextNode
 
-from .data import QADataset, chunk_corpus, model_tokenizer
+from .data import QADataset, chunk_corpus, model_tokenizer, read_json, write_json
 from .errors import TuningError
 from .evaluate import EvalResult, comparison_plot, comparison_table, evaluate_retrievers, with_significance
 from .finetune import EmbeddingFinetuner, FinetuneConfig
-from .index import BACKENDS, LanceDBIndex, load_embed_model
+from .index import LanceDBIndex, check_backend, load_embed_model
 from .models import DEFAULT_MODEL, resolve_model
 from .rerank import hybrid_reranker, node_reranker, reranker_name
 
@@ -98,17 +97,8 @@ def _cached_results(path: Path) -> list[EvalResult] | None:
     return [EvalResult(**{**r, "ci95": tuple(r["ci95"])}) for r in rows]
 
 
-def _json_or_none(path: Path) -> dict | list | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def _save_results(path: Path, results: list[EvalResult]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([{**r.to_dict(), "per_query": r.per_query} for r in results]))
-    tmp.replace(path)
+    write_json(path, [{**r.to_dict(), "per_query": r.per_query} for r in results])
 
 
 def prepare_output(out: Path, force: bool, settings: dict | None = None) -> None:
@@ -132,9 +122,7 @@ def prepare_output(out: Path, force: bool, settings: dict | None = None) -> None
     except OSError as exc:
         raise TuningError(f"cannot create output directory {out} ({exc.strerror}); choose another --out") from None
     if settings is not None and not settings_path.exists():
-        tmp = settings_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=2))
-        tmp.replace(settings_path)  # cached stages below are only reused for these settings
+        write_json(settings_path, settings, indent=2)  # cached stages below are only reused for these settings
 
 
 def run_settings(
@@ -156,10 +144,7 @@ def check_settings(dataset: QADataset, model: str | None, config: RunConfig) -> 
             f"nearly every query as found; pass --k {len(dataset.corpus)} or less"
         )
     resolve_model(model)
-    if config.backend not in BACKENDS:
-        raise TuningError(f"unknown backend '{config.backend}'; use one of {', '.join(BACKENDS)}")
-    if config.backend != "torch" and importlib.util.find_spec("onnxruntime") is None:
-        raise TuningError(f"--backend {config.backend} needs onnxruntime: pip install 'llama-index-lancedb-tuning[onnx]'")
+    check_backend(config.backend)
     if isinstance(config.reranker, str) and config.reranker:
         name, _, arg = config.reranker.partition(":")
         if name == "cross-encoder" and arg:
@@ -176,9 +161,7 @@ def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> 
         f"`{report['tuned_model']}` · {report['dataset']['n_test_queries']} held-out queries · k={k}\n\n{table}\n"
     )
     # report.json last: its presence marks the run finished.
-    tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out / "report.json")
+    write_json(out / "report.json", report, indent=2)
     return table
 
 
@@ -256,7 +239,7 @@ def tune_and_evaluate(
 
     model_dir = out / "model"
     t = time.perf_counter()
-    if _json_or_none(model_dir / "metrics.json") is None:  # absent, or torn by a kill mid-write
+    if read_json(model_dir / "metrics.json") is None:  # absent, or torn by a kill mid-write
         # Generated pairs already point at passages; labeled ones point at whole documents.
         EmbeddingFinetuner(config.finetune).fit(train, model_dir, None if node_level else nodes, resume=resume)
     timings["finetune"] = round(time.perf_counter() - t, 2)

@@ -20,7 +20,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from .errors import TuningError
-from .index import embed_queries, embed_texts, shared_bm25
+from .index import embed_queries, embed_texts, shared_bm25, sql_id_list
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class FusionRerank(BaseNodePostprocessor):
         known = shared_bm25(self._table, query, [n.node.node_id for n in nodes])
         if known is not None:
             return known
-        ids = ", ".join("'" + n.node.node_id.replace("'", "''") + "'" for n in nodes)
+        ids = sql_id_list(n.node.node_id for n in nodes)
         try:
             rows = (
                 self._table.search(query, query_type="fts", fts_columns="text")
