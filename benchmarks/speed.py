@@ -57,7 +57,8 @@ def backend_quality(nodes, test, backend: str, uri: str, k: int) -> float:
     """Held-out vector hit@k of an index of the plain nodes built with this encoder backend
     (the ingest table holds copies that would crowd the top k)."""
     from llama_index_lancedb_tuning.evaluate import evaluate_retriever
-    from llama_index_lancedb_tuning.index import LanceDBIndex, load_embed_model
+    from llama_index_lancedb_tuning.encoding import load_embed_model
+    from llama_index_lancedb_tuning.index import LanceDBIndex
 
     index = LanceDBIndex.build(nodes, load_embed_model(None, backend=backend), uri, f"quality_{backend}", "overwrite", show_progress=False)
     return evaluate_retriever(index.retriever("vector", k), test, k).hit_rate
@@ -93,7 +94,8 @@ def main() -> None:
     from llama_index_lancedb_tuning import load_labeled_csv, resolve_model
     from llama_index_lancedb_tuning.evaluate import evaluate_retriever, evaluate_retrievers
     from llama_index_lancedb_tuning.finetune import EmbeddingFinetuner, FinetuneConfig, source_nodes, training_pairs
-    from llama_index_lancedb_tuning.index import LanceDBIndex, load_embed_model
+    from llama_index_lancedb_tuning.encoding import load_embed_model
+    from llama_index_lancedb_tuning.index import LanceDBIndex
     from llama_index_lancedb_tuning.pipeline import RunConfig, build_nodes
     from llama_index_lancedb_tuning.rerank import hybrid_reranker, node_reranker
 

@@ -15,7 +15,8 @@ from llama_index.core.schema import NodeWithScore
 from tqdm.auto import tqdm
 
 from .data import SOURCE_ID_KEY, QADataset
-from .index import LanceDBRetriever, RerankedRetriever, SharedSearch, embed_queries
+from .encoding import embed_queries
+from .index import LanceDBRetriever, RerankedRetriever, SharedSearch
 
 BOOTSTRAP_SAMPLES = 2000
 

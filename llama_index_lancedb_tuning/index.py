@@ -10,7 +10,6 @@ with no match raises a bare `Warning`, and FTS/hybrid hits get rank-based fake s
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import random
 import time
@@ -18,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import lancedb
 import numpy as np
@@ -31,12 +30,11 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
-from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from llama_index.vector_stores.lancedb import LanceDBVectorStore
 from tqdm.auto import tqdm
 
 from .errors import TuningError
-from .models import ENCODE_BATCH, resolve_model
+from .encoding import embed_queries, embed_texts, load_embed_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,71 +46,6 @@ DEFAULT_TABLE = "nodes"
 _METADATA_FIELDS = ("_node_content", "_node_type", "doc_id", "document_id", "ref_doc_id")
 _RESULT_COLUMNS = ["id", "doc_id", "text", "metadata", "vector"]
 _SEARCH_THREADS = 4
-
-
-Backend = Literal["torch", "onnx", "onnx-int8"]
-BACKENDS: tuple[str, ...] = get_args(Backend)
-
-
-def check_backend(backend: str) -> None:
-    """A known encoder backend, with its runtime installed."""
-    if backend not in BACKENDS:
-        raise TuningError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
-    if backend != "torch" and importlib.util.find_spec("onnxruntime") is None:
-        raise TuningError(f"backend '{backend}' needs onnxruntime: pip install 'llama-index-lancedb-tuning[onnx]'")
-
-
-def load_embed_model(model: str | BaseEmbedding | None = None, embed_batch_size: int = ENCODE_BATCH, backend: Backend = "torch") -> BaseEmbedding:
-    """Any LlamaIndex embedding as is; a path or hub id as a `HuggingFaceEmbedding`, or as an
-    `OnnxEmbedding` run by ONNX Runtime (`onnx`: fp32, same vectors; `onnx-int8`: faster, less exact)."""
-    if isinstance(model, BaseEmbedding):
-        return model
-    check_backend(backend)
-    name = resolve_model(model)
-    if backend != "torch":
-        from .onnx_backend import OnnxEmbedding
-
-        return OnnxEmbedding(name, int8=backend == "onnx-int8", embed_batch_size=embed_batch_size)
-    try:
-        return HuggingFaceEmbedding(model_name=name, embed_batch_size=embed_batch_size)
-    except Exception as exc:  # hub/transformers raise many types for "not found / offline"
-        raise TuningError(
-            f"cannot load embedding model '{model}': {type(exc).__name__}; pass a local model directory or a reachable hub id"
-        ) from None
-
-
-def _direct_encoder(embed_model: BaseEmbedding) -> Callable[[list[str], int], np.ndarray] | None:
-    """Batched normalised encoding straight from the model, where the embedding class allows it."""
-    from .onnx_backend import OnnxEmbedding
-
-    if isinstance(embed_model, OnnxEmbedding):
-        return lambda texts, _: embed_model.encode(texts)
-    st_model = getattr(embed_model, "_model", None)
-    if isinstance(embed_model, HuggingFaceEmbedding) and st_model is not None:
-        return lambda texts, batch_size: st_model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
-    return None
-
-
-def embed_texts(embed_model: BaseEmbedding, texts: Sequence[str], batch_size: int = ENCODE_BATCH) -> np.ndarray:
-    """Passage embeddings as float32, normalised; batched straight through the model when we can
-    (LlamaIndex's path sends `embed_batch_size` texts per call through per-batch callbacks)."""
-    encode = _direct_encoder(embed_model)
-    if encode is not None:
-        vectors = encode(list(texts), batch_size)
-    else:
-        vectors = np.asarray(embed_model.get_text_embedding_batch(list(texts)), dtype=np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
-    return vectors.astype(np.float32, copy=False)
-
-
-def embed_queries(embed_model: BaseEmbedding, queries: Sequence[str], batch_size: int = ENCODE_BATCH) -> np.ndarray:
-    encode = _direct_encoder(embed_model)
-    if encode is not None:
-        prompt = getattr(embed_model, "query_instruction", None)
-        texts = [f"{prompt} {q}".strip() if prompt else q for q in queries]
-        return encode(texts, batch_size).astype(np.float32)
-    vectors = np.asarray([embed_model.get_query_embedding(q) for q in queries], dtype=np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
 
 
 def table_schema(dim: int) -> pa.Schema:

@@ -118,6 +118,7 @@ class OnnxEmbedding(BaseEmbedding):
     pooling: str = Field(default="mean", description="mean or cls.")
     _session: Any = PrivateAttr()
     _tokenizer: Any = PrivateAttr()
+    _cache_dir: str | Path | None = PrivateAttr()
 
     def __init__(self, model_name: str | None = None, int8: bool = False, embed_batch_size: int = 16,
                  cache_dir: str | Path | None = None, threads: int | None = None, **kwargs: Any) -> None:
@@ -137,10 +138,19 @@ class OnnxEmbedding(BaseEmbedding):
             options.intra_op_num_threads = threads
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_name)
+        self._cache_dir = cache_dir
 
     @classmethod
     def class_name(cls) -> str:
         return "OnnxEmbedding"
+
+    @property
+    def session(self) -> Any:
+        return self._session
+
+    def replica(self, threads: int) -> OnnxEmbedding:
+        """The same encoder with its own session (at `threads` threads) and tokenizer, for a parallel worker."""
+        return OnnxEmbedding(self.model_name, self.int8, self.embed_batch_size, self._cache_dir, threads)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Normalised float32 vectors; texts run longest first so each batch pads little."""

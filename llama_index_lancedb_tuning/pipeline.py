@@ -20,7 +20,8 @@ from .data import QADataset, chunk_corpus, model_tokenizer, read_json, write_jso
 from .errors import TuningError
 from .evaluate import EvalResult, comparison_plot, comparison_table, evaluate_retrievers, with_significance
 from .finetune import EmbeddingFinetuner, FinetuneConfig
-from .index import LanceDBIndex, check_backend, load_embed_model
+from .encoding import check_backend, load_embed_model
+from .index import LanceDBIndex
 from .models import DEFAULT_MODEL, resolve_model
 from .rerank import hybrid_reranker, node_reranker, reranker_name
 

@@ -20,7 +20,8 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from .errors import TuningError
-from .index import embed_queries, embed_texts, shared_bm25, sql_id_list
+from .encoding import embed_queries, embed_texts
+from .index import shared_bm25, sql_id_list
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ import pytest
 from llama_index.core.schema import TextNode
 
 from llama_index_lancedb_tuning import LanceDBIndex, TuningError, evaluate_retriever, hybrid_reranker, node_reranker
-from llama_index_lancedb_tuning.index import embed_queries, embed_texts
+from llama_index_lancedb_tuning.encoding import embed_queries, embed_texts
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from llama_index_lancedb_tuning import LanceDBIndex, TuningError, load_embed_model
-from llama_index_lancedb_tuning.index import embed_queries, embed_texts
+from llama_index_lancedb_tuning.encoding import embed_queries, embed_texts
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,12 @@ def test_fp32_gives_the_torch_vectors_and_int8_stays_close(onnx_models, embed_mo
     queries = [small_dataset.queries[q] for q in small_dataset.query_ids[:8]]
     np.testing.assert_allclose(embed_queries(fp32, queries), embed_queries(embed_model, queries), atol=1e-4)
     assert np.allclose(fp32.get_query_embedding(queries[0]), embed_queries(embed_model, queries[:1])[0], atol=1e-4)
+
+
+def test_parallel_onnx_replicas_give_the_same_vectors(onnx_models, small_nodes):
+    texts = [n.text for n in small_nodes]
+    for model in onnx_models:
+        np.testing.assert_allclose(embed_texts(model, texts, workers=2), embed_texts(model, texts, workers=1), atol=1e-5)
 
 
 def test_export_is_made_once_and_reused(onnx_cache, default_model_path, onnx_models):

@@ -1,0 +1,37 @@
+"""Texts to vectors: data-parallel replicas give the single model's vectors, on real data_qa chunks."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from llama_index.core.embeddings import MockEmbedding
+
+from llama_index_lancedb_tuning.encoding import MAX_ENCODE_WORKERS, _replicas, cpu_budget, embed_texts, encode_workers
+
+
+def test_replicas_give_the_single_models_vectors_in_input_order(embed_model, small_nodes):
+    texts = [n.text for n in small_nodes] + ["short", ""]
+    single = embed_texts(embed_model, texts, workers=1)
+    threads = torch.get_num_threads()
+    parallel = embed_texts(embed_model, texts, workers=2)
+    np.testing.assert_allclose(parallel, single, atol=1e-5)
+    assert parallel.dtype == np.float32 and np.allclose(np.linalg.norm(parallel, axis=1), 1, atol=1e-5)
+    assert torch.get_num_threads() == threads  # the replicas' thread setting does not leak
+
+
+def test_replicas_are_made_once_per_model_and_kept(embed_model, small_nodes):
+    texts = [n.text for n in small_nodes[:64]]
+    embed_texts(embed_model, texts, workers=2)
+    made = list(_replicas[embed_model._model])
+    embed_texts(embed_model, texts, workers=2)
+    assert _replicas[embed_model._model] == made and len(made) == 2
+
+
+def test_worker_count_follows_list_length_and_cores():
+    assert encode_workers(10, 16) == 1  # too short to share
+    assert encode_workers(10_000, 16) == min(cpu_budget(), MAX_ENCODE_WORKERS)
+
+
+def test_other_embeddings_go_through_llamaindex_and_come_back_normalised():
+    vectors = embed_texts(MockEmbedding(embed_dim=8), ["a", "b", "c"] * 40)
+    assert vectors.shape == (120, 8) and np.allclose(np.linalg.norm(vectors, axis=1), 1)
