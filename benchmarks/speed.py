@@ -243,6 +243,7 @@ def main() -> None:
             out["ingest"] = {"nodes": len(many), "anchor_s": round(anchor_ingest_s, 2),
                              "anchor_nodes_per_s": round(len(many) / anchor_ingest_s, 1), "ours": by_backend}
             out["ingest_speedup"] = by_backend[backends[0]]["speedup"]
+            out["ingest_backend"] = backends[0]
             log(f"ingest by backend: {by_backend}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

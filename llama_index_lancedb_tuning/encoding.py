@@ -78,7 +78,7 @@ class _Runtime:
 
     owner: Any  # the runtime object replicas are cached against (weakly)
     encode: Callable[[list[str], int], np.ndarray]  # every text, in batches of the given size
-    replicate: Callable[[int], BatchEncoder]  # a new single-batch encoder using this many threads
+    replicate: Callable[[int], BatchEncoder] | None  # a new single-batch encoder at this many threads; None: no replicas (GPU)
     threads: Callable[[int], Any]  # a context manager running the replicas at this many threads each
 
 
@@ -120,7 +120,8 @@ def _runtime(embed_model: BaseEmbedding) -> _Runtime | None:
                 texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
             )
 
-        return _Runtime(st_model, encode, replicate, _torch_threads)
+        on_cpu = st_model.device.type == "cpu"  # a GPU model batches on its own; copies would only share it
+        return _Runtime(st_model, encode, replicate if on_cpu else None, _torch_threads)
     return None
 
 
@@ -165,7 +166,7 @@ def embed_texts(embed_model: BaseEmbedding, texts: Sequence[str], batch_size: in
         vectors = np.asarray(embed_model.get_text_embedding_batch(texts), dtype=np.float32)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
     workers = encode_workers(len(texts), batch_size) if workers is None else workers
-    if workers > 1 and len(texts) > batch_size:
+    if workers > 1 and len(texts) > batch_size and runtime.replicate is not None:
         return _parallel_encode(runtime, texts, batch_size, workers)
     return runtime.encode(texts, batch_size).astype(np.float32, copy=False)
 
