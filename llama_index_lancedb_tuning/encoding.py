@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -78,16 +78,24 @@ class _Runtime:
 
     owner: Any  # the runtime object replicas are cached against (weakly)
     encode: Callable[[list[str], int], np.ndarray]  # every text, in batches of the given size
-    replicate: Callable[[int], BatchEncoder] | None  # a new single-batch encoder at this many threads; None: no replicas (GPU)
+    replicate: Callable[[int], BatchEncoder] | None  # makes a single-batch encoder at this many threads; None: no replicas (GPU)
     threads: Callable[[int], Any]  # a context manager running the replicas at this many threads each
 
 
-_replicas: weakref.WeakKeyDictionary[Any, list[BatchEncoder]] = weakref.WeakKeyDictionary()
+@dataclass
+class _Replicas:
+    encoders: list[BatchEncoder] = field(default_factory=list)
+    # One parallel encode per model at a time: two would share the replicas' tokenizers (and the cores).
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_replicas: weakref.WeakKeyDictionary[Any, _Replicas] = weakref.WeakKeyDictionary()
 _replicas_lock = threading.Lock()
 
 
 @contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
+    """Torch's thread count is process-wide: other torch work in the process runs at `n` meanwhile."""
     import torch
 
     before = torch.get_num_threads()
@@ -127,24 +135,25 @@ def _runtime(embed_model: BaseEmbedding) -> _Runtime | None:
 
 def _parallel_encode(runtime: _Runtime, texts: list[str], batch_size: int, workers: int) -> np.ndarray:
     threads = max(1, cpu_budget() // workers)
-    with _replicas_lock:
-        replicas = _replicas.setdefault(runtime.owner, [])
-        replicas.extend(runtime.replicate(threads) for _ in range(workers - len(replicas)))
-    free: queue.SimpleQueue[BatchEncoder] = queue.SimpleQueue()
-    for replica in replicas[:workers]:
-        free.put(replica)
-    own = threading.local()
-
-    def encode_batch(batch: np.ndarray) -> np.ndarray:
-        if not hasattr(own, "encode"):
-            own.encode = free.get()  # each pool thread keeps one replica
-        return own.encode([texts[i] for i in batch])
-
     # Longest first, so every batch pads little and the last batches are the quick ones.
     order = np.argsort([-len(t) for t in texts], kind="stable")
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    with runtime.threads(threads), ThreadPoolExecutor(workers, thread_name_prefix="encode") as pool:
-        encoded = list(pool.map(encode_batch, batches))
+    with _replicas_lock:
+        replicas = _replicas.setdefault(runtime.owner, _Replicas())
+    with replicas.lock:
+        replicas.encoders.extend(runtime.replicate(threads) for _ in range(workers - len(replicas.encoders)))
+        free: queue.SimpleQueue[BatchEncoder] = queue.SimpleQueue()
+        for encoder in replicas.encoders[:workers]:
+            free.put(encoder)
+        own = threading.local()
+
+        def encode_batch(batch: np.ndarray) -> np.ndarray:
+            if not hasattr(own, "encode"):
+                own.encode = free.get()  # each pool thread keeps one replica
+            return own.encode([texts[i] for i in batch])
+
+        with runtime.threads(threads), ThreadPoolExecutor(workers, thread_name_prefix="encode") as pool:
+            encoded = list(pool.map(encode_batch, batches))
     vectors = np.empty((len(texts), encoded[0].shape[1]), dtype=np.float32)
     for batch, part in zip(batches, encoded):
         vectors[batch] = part

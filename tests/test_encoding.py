@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from llama_index.core.embeddings import MockEmbedding
@@ -22,9 +24,9 @@ def test_replicas_give_the_single_models_vectors_in_input_order(embed_model, sma
 def test_replicas_are_made_once_per_model_and_kept(embed_model, small_nodes):
     texts = [n.text for n in small_nodes[:64]]
     embed_texts(embed_model, texts, workers=2)
-    made = list(_replicas[embed_model._model])
+    made = list(_replicas[embed_model._model].encoders)
     embed_texts(embed_model, texts, workers=2)
-    assert _replicas[embed_model._model] == made and len(made) == 2
+    assert _replicas[embed_model._model].encoders == made and len(made) == 2
 
 
 def test_worker_count_follows_list_length_and_cores():
@@ -35,3 +37,12 @@ def test_worker_count_follows_list_length_and_cores():
 def test_other_embeddings_go_through_llamaindex_and_come_back_normalised():
     vectors = embed_texts(MockEmbedding(embed_dim=8), ["a", "b", "c"] * 40)
     assert vectors.shape == (120, 8) and np.allclose(np.linalg.norm(vectors, axis=1), 1)
+
+
+def test_concurrent_callers_share_the_replicas_safely(embed_model, small_nodes):
+    texts = [n.text for n in small_nodes[:96]]
+    expected = embed_texts(embed_model, texts, workers=1)
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: embed_texts(embed_model, texts, workers=2), range(3)))
+    for vectors in results:
+        np.testing.assert_allclose(vectors, expected, atol=1e-5)
