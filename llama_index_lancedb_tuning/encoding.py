@@ -20,7 +20,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -29,7 +29,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
 from .errors import TuningError
-from .models import ENCODE_BATCH, resolve_model
+from .models import ENCODE_BATCH, longest_first_batches, resolve_model
 
 Backend = Literal["torch", "onnx", "onnx-int8"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -79,7 +79,7 @@ class _Runtime:
     owner: Any  # the runtime object replicas are cached against (weakly)
     encode: Callable[[list[str], int], np.ndarray]  # every text, in batches of the given size
     replicate: Callable[[int], BatchEncoder] | None  # makes a single-batch encoder at this many threads; None: no replicas (GPU)
-    threads: Callable[[int], Any]  # a context manager running the replicas at this many threads each
+    threads: Callable[[int], Any]  # a context manager running the replicas at this many threads each (ONNX: set per session)
 
 
 @dataclass
@@ -106,17 +106,12 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@contextmanager
-def _no_change(_: int) -> Iterator[None]:
-    yield
-
-
 def _runtime(embed_model: BaseEmbedding) -> _Runtime | None:
     from .onnx_backend import OnnxEmbedding
 
     if isinstance(embed_model, OnnxEmbedding):
         return _Runtime(embed_model.session, lambda texts, _: embed_model.encode(texts),
-                        lambda threads: embed_model.replica(threads).encode, _no_change)
+                        lambda threads: embed_model.replica(threads).encode, lambda _: nullcontext())
     st_model = getattr(embed_model, "_model", None)
     if isinstance(embed_model, HuggingFaceEmbedding) and st_model is not None:
         def encode(texts: list[str], batch_size: int) -> np.ndarray:
@@ -135,9 +130,7 @@ def _runtime(embed_model: BaseEmbedding) -> _Runtime | None:
 
 def _parallel_encode(runtime: _Runtime, texts: list[str], batch_size: int, workers: int) -> np.ndarray:
     threads = max(1, cpu_budget() // workers)
-    # Longest first, so every batch pads little and the last batches are the quick ones.
-    order = np.argsort([-len(t) for t in texts], kind="stable")
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = longest_first_batches(texts, batch_size)
     with _replicas_lock:
         replicas = _replicas.setdefault(runtime.owner, _Replicas())
     with replicas.lock:

