@@ -18,6 +18,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=5, help="hit-rate@k and MRR@k (default 5)")
     p.add_argument("--chunk-size", type=int, default=128, help="node size in model tokens (default 128)")
     p.add_argument("--chunk-overlap", type=int, default=16)
+    p.add_argument("--keep-glued-words", dest="fix_glued_words", action="store_false",
+                   help="index the text as extracted; by default words PDF extraction ran together are re-spaced")
     p.add_argument("--reranker", default="fusion", help="fusion (offline, default), cohere[:MODEL], cross-encoder:PATH")
     p.add_argument("--hybrid", choices=["rrf", "linear"], default="rrf", help="LanceDB fusion for hybrid search")
     p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-concurrency", type=int, default=4)
     gen.add_argument("--chunk-size", type=int, default=128, help="node size in model tokens (default 128)")
     gen.add_argument("--chunk-overlap", type=int, default=16)
+    gen.add_argument("--keep-glued-words", dest="fix_glued_words", action="store_false",
+                   help="index the text as extracted; by default words PDF extraction ran together are re-spaced")
     gen.add_argument("--base-model", default=None, help="model whose tokenizer sizes the chunks (default: bundled MiniLM)")
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -79,7 +83,7 @@ def _run_config(args: argparse.Namespace):
     from .pipeline import RunConfig
 
     config = RunConfig(k=args.k, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap, reranker=args.reranker, hybrid=args.hybrid,
-                       backend=args.backend)
+                       backend=args.backend, fix_glued_words=args.fix_glued_words)
     if args.command == "run":
         pairs = args.pairs or ("llm" if args.llm else "offline" if args.queries else "labeled")
         config = replace(config, pairs=pairs, finetune=None)  # the fine-tuning defaults depend on the pairs
@@ -103,7 +107,7 @@ def _generate(args: argparse.Namespace) -> int:
     from .models import resolve_model
 
     documents = load_documents(args.docs)
-    nodes = chunk_corpus(documents, model_tokenizer(resolve_model(args.base_model)), args.chunk_size, args.chunk_overlap)
+    nodes = chunk_corpus(documents, model_tokenizer(resolve_model(args.base_model)), args.chunk_size, args.chunk_overlap, args.fix_glued_words)
     llm = llm_from_spec(args.llm)
     if llm is None:
         pairs = generate_offline_pairs(nodes, seed=args.seed)

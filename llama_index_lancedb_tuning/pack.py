@@ -37,14 +37,16 @@ except ImportError:
         def run(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
-def _document_nodes(documents: Sequence[Document], embed_model: BaseEmbedding, chunk_size: int, chunk_overlap: int) -> list[BaseNode]:
+def _document_nodes(
+    documents: Sequence[Document], embed_model: BaseEmbedding, chunk_size: int, chunk_overlap: int, fix_glued_words: bool
+) -> list[BaseNode]:
     tokenizer = getattr(getattr(embed_model, "_model", None), "tokenizer", None)
     if tokenizer is None:
         raise TuningError("pass nodes= with this embed_model: documents are split with a sentence-transformers tokenizer")
     corpus = {d.doc_id: d.text for d in documents if d.text.strip()}
     if not corpus:
         raise TuningError("the documents hold no text; check what was loaded")
-    return chunk_corpus(corpus, lambda t: tokenizer.encode(t, add_special_tokens=False), chunk_size, chunk_overlap)
+    return chunk_corpus(corpus, lambda t: tokenizer.encode(t, add_special_tokens=False), chunk_size, chunk_overlap, fix_glued_words)
 
 
 class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
@@ -70,6 +72,7 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         mode: TableMode = "create",
         chunk_size: int = 128,
         chunk_overlap: int = 16,
+        fix_glued_words: bool = True,
         hybrid_fusion: str = "rrf",
         storage_options: dict[str, str] | None = None,
         show_progress: bool = False,
@@ -80,7 +83,7 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             raise TuningError("pass documents= or nodes=, not both")
         model = load_embed_model(embed_model)
         if documents is not None:
-            nodes = _document_nodes(documents, model, chunk_size, chunk_overlap)
+            nodes = _document_nodes(documents, model, chunk_size, chunk_overlap, fix_glued_words)
         if nodes is None:
             self.lancedb_index = LanceDBIndex.open(model, uri, table_name, storage_options)
         else:
@@ -114,10 +117,17 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             synthesizer = get_response_synthesizer(llm=self.llm)
         self.query_engine = RetrieverQueryEngine(self.retriever, response_synthesizer=synthesizer)
 
-    def add(self, documents: Sequence[Document] | None = None, nodes: Sequence[BaseNode] | None = None, chunk_size: int = 128, chunk_overlap: int = 16) -> None:
+    def add(
+        self,
+        documents: Sequence[Document] | None = None,
+        nodes: Sequence[BaseNode] | None = None,
+        chunk_size: int = 128,
+        chunk_overlap: int = 16,
+        fix_glued_words: bool = True,
+    ) -> None:
         """Append documents or nodes; the full-text index is rebuilt so they are searchable at once."""
         if documents is not None:
-            nodes = _document_nodes(documents, self.lancedb_index.embed_model, chunk_size, chunk_overlap)
+            nodes = _document_nodes(documents, self.lancedb_index.embed_model, chunk_size, chunk_overlap, fix_glued_words)
         if not nodes:
             raise TuningError("nothing to add: pass documents= or nodes=")
         self.lancedb_index.add(nodes)

@@ -37,6 +37,7 @@ class RunConfig:
     seed: int = 42
     chunk_size: int = 128
     chunk_overlap: int = 16
+    fix_glued_words: bool = True  # re-space words PDF extraction ran together (data.split_glued_words)
     reranker: str = "fusion"
     hybrid: str = "rrf"
     rrf_k: int = 60
@@ -62,7 +63,7 @@ def recommended_finetune(pairs: str) -> FinetuneConfig:
 
 
 def build_nodes(dataset: QADataset, model: str | None, config: RunConfig) -> list[TextNode]:
-    return chunk_corpus(dataset.corpus, model_tokenizer(resolve_model(model)), config.chunk_size, config.chunk_overlap)
+    return chunk_corpus(dataset.corpus, model_tokenizer(resolve_model(model)), config.chunk_size, config.chunk_overlap, config.fix_glued_words)
 
 
 def score_model(
@@ -191,7 +192,7 @@ def training_data(
     pairs_path = out / "pairs.json"
     if pairs_path.exists():
         return QADataset.from_json(pairs_path), dataset, True
-    nodes = chunk_corpus(documents or dataset.corpus, model_tokenizer(resolve_model(config.finetune.base_model)), config.chunk_size, config.chunk_overlap)
+    nodes = chunk_corpus(documents or dataset.corpus, model_tokenizer(resolve_model(config.finetune.base_model)), config.chunk_size, config.chunk_overlap, config.fix_glued_words)
     llm = llm_from_spec(config.llm or "offline") if config.pairs == "llm" else None
     if config.pairs == "llm" and llm is None:
         raise TuningError("--pairs llm needs --llm openai:MODEL or ollama:MODEL")

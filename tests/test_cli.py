@@ -47,6 +47,7 @@ def test_fine_tuning_defaults_follow_the_source_of_pairs():
     assert (offline.pairs, offline.finetune.epochs, offline.finetune.learning_rate) == ("offline", 2, 3e-5)
     assert (chosen.finetune.epochs, chosen.finetune.learning_rate) == (3, 1e-4)  # flags beat the defaults
     assert config("--queries", "q.csv").pairs == "offline"
+    assert labeled.fix_glued_words and not config("--keep-glued-words").fix_glued_words
 
 
 def test_backend_flag_reaches_the_run_config_and_bad_choices_exit_2(capsys):

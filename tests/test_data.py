@@ -1,9 +1,10 @@
 import json
+import re
 
 import numpy as np
 import pytest
 
-from llama_index_lancedb_tuning import QADataset, TuningError, chunk_corpus, load_labeled_csv
+from llama_index_lancedb_tuning import QADataset, TuningError, chunk_corpus, load_labeled_csv, split_glued_words
 
 
 def test_reference_csv_shape(qa_dataset):
@@ -78,3 +79,36 @@ def test_duplicate_queries_merge_their_contexts(tmp_path):
 def test_chunk_overlap_must_be_smaller(small_dataset):
     with pytest.raises(TuningError, match="chunk_overlap"):
         chunk_corpus(small_dataset.corpus, str.split, 10, 10)
+
+
+def _glued_share(texts) -> float:
+    """Share of letters that sit in runs of 16 or more letters."""
+    texts = list(texts)
+    letters = sum(len(w) for t in texts for w in re.findall(r"[A-Za-z]+", t))
+    return sum(len(w) for t in texts for w in re.findall(r"[A-Za-z]{16,}", t)) / letters
+
+
+def test_glued_words_of_the_reference_pdf_text_are_respaced(qa_dataset):
+    contexts = list(qa_dataset.corpus.values())
+    repaired = [split_glued_words(t) for t in contexts]
+    assert _glued_share(contexts) > 0.2  # the Llama 2 paper's extracted text lost many spaces
+    assert _glued_share(repaired) < 0.02
+    # Only spaces are added: every other character is kept, in order.
+    assert all(re.sub(r"\s", "", a) == re.sub(r"\s", "", b) for a, b in zip(contexts, repaired))
+    assert "We have implemented a quality assurance process" in " ".join(repaired)
+
+
+def test_clean_text_and_long_dictionary_words_are_left_alone():
+    text = "Internationalization of straightforward text stays as it is, with short runs like reviewerswere."
+    assert split_glued_words(text) == text
+
+
+def test_chunking_respaces_unless_told_to_keep(small_dataset, default_model_path):
+    from llama_index_lancedb_tuning import model_tokenizer
+
+    tokenizer = model_tokenizer(default_model_path)
+    fixed = chunk_corpus(small_dataset.corpus, tokenizer, 128, 16)
+    kept = chunk_corpus(small_dataset.corpus, tokenizer, 128, 16, fix_glued_words=False)
+    assert _glued_share(n.text for n in fixed) < 0.02 < 0.2 < _glued_share(n.text for n in kept)
+    # Re-spaced words cost fewer model tokens than the word pieces of a glued run.
+    assert len(fixed) < len(kept)

@@ -253,3 +253,20 @@ def test_cohere_needs_a_key(monkeypatch, embed_model):
     monkeypatch.delenv("CO_API_KEY", raising=False)
     with pytest.raises(TuningError, match="COHERE_API_KEY"):
         cohere_reranker(5)
+
+
+def test_documents_are_respaced_before_indexing_unless_kept(tmp_path, embed_model):
+    from llama_index.core import Document
+
+    documents = [
+        Document(text="Wehaveimplementedaqualityassuranceprocess for every annotation batch.", doc_id="qa"),
+        Document(text="Reward models score helpfulness and safety separately.", doc_id="rm"),
+    ]
+    fixed = FinetunedLanceDBRetrieverPack(documents=documents, embed_model=embed_model, uri=str(tmp_path), table_name="fixed", query_type="fts")
+    hits = fixed.run("quality assurance")
+    assert hits and hits[0].node.metadata[SOURCE_ID_KEY] == "qa"
+    assert hits[0].node.text.startswith("We have implemented a quality assurance process")
+    kept = FinetunedLanceDBRetrieverPack(
+        documents=documents, embed_model=embed_model, uri=str(tmp_path), table_name="kept", query_type="fts", fix_glued_words=False
+    )
+    assert kept.run("quality assurance") == []  # one glued term: BM25 cannot see the words inside it
