@@ -247,7 +247,7 @@ def split_glued_words(text: str) -> str:
     words inside it: 24% of the letters of data_qa.csv's contexts sit in such runs. English only:
     wordninja splits by a unigram model of English Wikipedia, bundled with it (no download).
     """
-    import wordninja
+    import wordninja  # loads its word list on import (about half a second): only when text is repaired
 
     def split(match: re.Match[str]) -> str:
         words = wordninja.split(match.group(0))
