@@ -105,7 +105,7 @@ def main() -> None:
     base = resolve_model(None)
     ds = load_labeled_csv(DATA_QA)
     train, test = ds.split(0.2, 42)
-    nodes = build_nodes(ds, None, RunConfig())
+    nodes = build_nodes(ds.corpus, None, RunConfig())
     out: dict = {"n_train_queries": len(train), "n_test_queries": len(test), "n_nodes": len(nodes), "epochs": args.epochs,
                  "batch_size": args.batch_size, "threads": torch.get_num_threads()}
 

@@ -10,16 +10,20 @@ from collections.abc import Sequence
 from .errors import TuningError
 
 
+def _add_chunking(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chunk-size", type=int, default=128, help="node size in model tokens (default 128)")
+    p.add_argument("--chunk-overlap", type=int, default=16)
+    p.add_argument("--keep-glued-words", dest="fix_glued_words", action="store_false",
+                   help="index the text as extracted; by default words PDF extraction ran together are re-spaced")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="labeled CSV (query and context columns) or a QA dataset JSON")
     p.add_argument("--out", required=True, help="output directory for report.md/json/png")
     p.add_argument("--query-column", default="query")
     p.add_argument("--context-column", default="context")
     p.add_argument("--k", type=int, default=5, help="hit-rate@k and MRR@k (default 5)")
-    p.add_argument("--chunk-size", type=int, default=128, help="node size in model tokens (default 128)")
-    p.add_argument("--chunk-overlap", type=int, default=16)
-    p.add_argument("--keep-glued-words", dest="fix_glued_words", action="store_false",
-                   help="index the text as extracted; by default words PDF extraction ran together are re-spaced")
+    _add_chunking(p)
     p.add_argument("--reranker", default="fusion", help="fusion (offline, default), cohere[:MODEL], cross-encoder:PATH")
     p.add_argument("--hybrid", choices=["rrf", "linear"], default="rrf", help="LanceDB fusion for hybrid search")
     p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
@@ -59,10 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--llm", default="offline", help="openai:MODEL, ollama:MODEL or offline (default)")
     gen.add_argument("--questions-per-chunk", type=int, default=2)
     gen.add_argument("--max-concurrency", type=int, default=4)
-    gen.add_argument("--chunk-size", type=int, default=128, help="node size in model tokens (default 128)")
-    gen.add_argument("--chunk-overlap", type=int, default=16)
-    gen.add_argument("--keep-glued-words", dest="fix_glued_words", action="store_false",
-                   help="index the text as extracted; by default words PDF extraction ran together are re-spaced")
+    _add_chunking(gen)
     gen.add_argument("--base-model", default=None, help="model whose tokenizer sizes the chunks (default: bundled MiniLM)")
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--quiet", action="store_true", help="no progress bars")

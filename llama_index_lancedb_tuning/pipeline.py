@@ -62,8 +62,9 @@ def recommended_finetune(pairs: str) -> FinetuneConfig:
     return FinetuneConfig(epochs=2, learning_rate=3e-5)
 
 
-def build_nodes(dataset: QADataset, model: str | None, config: RunConfig) -> list[TextNode]:
-    return chunk_corpus(dataset.corpus, model_tokenizer(resolve_model(model)), config.chunk_size, config.chunk_overlap, config.fix_glued_words)
+def build_nodes(corpus: dict[str, str], model: str | None, config: RunConfig) -> list[TextNode]:
+    """`corpus` chunked as `config` says, in `model`'s tokens."""
+    return chunk_corpus(corpus, model_tokenizer(resolve_model(model)), config.chunk_size, config.chunk_overlap, config.fix_glued_words)
 
 
 def score_model(
@@ -192,7 +193,7 @@ def training_data(
     pairs_path = out / "pairs.json"
     if pairs_path.exists():
         return QADataset.from_json(pairs_path), dataset, True
-    nodes = chunk_corpus(documents or dataset.corpus, model_tokenizer(resolve_model(config.finetune.base_model)), config.chunk_size, config.chunk_overlap, config.fix_glued_words)
+    nodes = build_nodes(documents or dataset.corpus, config.finetune.base_model, config)
     llm = llm_from_spec(config.llm or "offline") if config.pairs == "llm" else None
     if config.pairs == "llm" and llm is None:
         raise TuningError("--pairs llm needs --llm openai:MODEL or ollama:MODEL")
@@ -230,7 +231,7 @@ def tune_and_evaluate(
     if overlap:
         raise TuningError(f"{len(overlap)} test queries also appear among training queries; remove them from the training data")
     base = config.finetune.base_model
-    nodes = build_nodes(dataset, base, config)
+    nodes = build_nodes(dataset.corpus, base, config)
     uri = str(out / "lancedb")
     timings: dict[str, float] = {}
 
@@ -285,7 +286,7 @@ def evaluate_model(
     check_settings(dataset, model, config)
     prepare_output(out, force)
     t0 = time.perf_counter()
-    nodes = build_nodes(dataset, model, config)
+    nodes = build_nodes(dataset.corpus, model, config)
     timings: dict[str, float] = {}
     results = score_model(model, "model", nodes, dataset, str(out / "lancedb"), "model", config, timings)
     report = {
