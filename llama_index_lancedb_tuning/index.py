@@ -46,6 +46,12 @@ DEFAULT_TABLE = "nodes"
 _METADATA_FIELDS = ("_node_content", "_node_type", "doc_id", "document_id", "ref_doc_id")
 _RESULT_COLUMNS = ["id", "doc_id", "text", "metadata", "vector"]
 _SEARCH_THREADS = 4
+# Candidates per query as multiples of k, picked on validation queries of data_qa.csv's
+# cross-validation folds (BENCHMARKS.md): a reranker sees 4k candidates; each leg of a hybrid
+# search brings 3k rows to the fusion, so a passage both legs rank fairly well can outrank one
+# that only a single leg ranks first.
+RERANK_OVERFETCH = 4
+HYBRID_OVERFETCH = 3
 
 
 def table_schema(dim: int) -> pa.Schema:
@@ -259,7 +265,9 @@ class LanceDBRetriever(BaseRetriever):
     """Vector, full-text or hybrid search on a LanceDB table, with the index's own scores.
 
     Scores: cosine similarity (vector), BM25 (fts), the hybrid reranker's relevance score
-    (hybrid). A query with no match returns an empty list.
+    (hybrid). A query with no match returns an empty list. `hybrid_depth`: rows each leg of a
+    hybrid search brings to the fusion before the cut to `similarity_top_k` (LanceDB's own
+    hybrid query fuses only `similarity_top_k` rows of each).
     """
 
     def __init__(
@@ -270,19 +278,28 @@ class LanceDBRetriever(BaseRetriever):
         similarity_top_k: int = 5,
         hybrid_reranker: Any = None,
         nprobes: int = 20,
+        hybrid_depth: int | None = None,
         **kwargs: Any,
     ) -> None:
         if query_type not in ("vector", "fts", "hybrid"):
             raise TuningError(f"unknown base query type '{query_type}'; use vector, fts or hybrid")
         if similarity_top_k < 1:
             raise TuningError(f"similarity_top_k must be at least 1, got {similarity_top_k}")
+        if hybrid_depth is not None and hybrid_depth < 1:
+            raise TuningError(f"hybrid_depth must be at least 1, got {hybrid_depth}")
         self.table = table
         self.embed_model = embed_model
         self.query_type = query_type
         self.similarity_top_k = similarity_top_k
         self.hybrid_reranker = hybrid_reranker
         self.nprobes = nprobes
+        self.hybrid_depth = hybrid_depth
         super().__init__(**kwargs)
+
+    @property
+    def fusion_depth(self) -> int:
+        """Rows each leg of a hybrid search fuses: at least `similarity_top_k`."""
+        return max(self.similarity_top_k, self.hybrid_depth or 0)
 
     def _search(self, query: str, vector: np.ndarray | None) -> list[NodeWithScore]:
         k = self.similarity_top_k
@@ -299,7 +316,9 @@ class LanceDBRetriever(BaseRetriever):
             score = "_relevance_score"
         try:
             columns = _RESULT_COLUMNS if self.query_type == "hybrid" else [*_RESULT_COLUMNS, score]
-            rows = q.select(columns).limit(k).to_list()
+            # A hybrid query's limit is also the depth of each leg; the fused list is cut to k here.
+            limit = self.fusion_depth if self.query_type == "hybrid" else k
+            rows = q.select(columns).limit(limit).to_list()[:k]
         except Warning:
             rows = []  # LanceDB signals "no full-text match" with a bare Warning in some versions
         return _with_scores(rows, score)
@@ -326,7 +345,7 @@ class LanceDBRetriever(BaseRetriever):
             vectors = embed_queries(self.embed_model, queries)
         shared = active_search(self.table, self.embed_model)
         if shared is not None:
-            found = shared.results(self.query_type, queries, self.similarity_top_k, self.hybrid_reranker)
+            found = shared.results(self.query_type, queries, self.similarity_top_k, self.hybrid_reranker, self.fusion_depth)
             if found is not None:
                 return found
         if self.query_type == "vector":
@@ -428,7 +447,9 @@ class SharedSearch:
             out.update((row["id"], _node_from_row(row)) for row in rows)
         return out
 
-    def results(self, query_type: str, queries: Sequence[str], k: int, hybrid_reranker: Any = None) -> list[list[NodeWithScore]] | None:
+    def results(
+        self, query_type: str, queries: Sequence[str], k: int, hybrid_reranker: Any = None, hybrid_depth: int | None = None
+    ) -> list[list[NodeWithScore]] | None:
         """Results for every query, or None where these lists cannot give LanceDB's own answer."""
         if any(q.strip() and q not in self._bm25 for q in queries):
             return None
@@ -436,13 +457,14 @@ class SharedSearch:
             return [self._vector[q][:k] if q.strip() else [] for q in queries]
         if query_type == "fts" and k <= self._fts_limit:
             return [self._fts[q][:k] if q.strip() else [] for q in queries]
-        if query_type == "hybrid" and isinstance(hybrid_reranker, RRFReranker) and k <= min(self._vector_limit, self._fts_limit):
-            return [self._rrf(q, k, hybrid_reranker) if q.strip() else [] for q in queries]
+        depth = max(k, hybrid_depth or 0)
+        if query_type == "hybrid" and isinstance(hybrid_reranker, RRFReranker) and depth <= min(self._vector_limit, self._fts_limit):
+            return [self._rrf(q, k, hybrid_reranker, depth) if q.strip() else [] for q in queries]
         return None
 
-    def _rrf(self, query: str, k: int, reranker: RRFReranker) -> list[NodeWithScore]:
-        """LanceDB's RRF fusion of the two top-k lists, as its hybrid query runs it."""
-        legs = (self._vector[query][:k], self._fts[query][:k])
+    def _rrf(self, query: str, k: int, reranker: RRFReranker, depth: int) -> list[NodeWithScore]:
+        """LanceDB's RRF fusion of the two top-`depth` lists, as its hybrid query runs it, cut to k."""
+        legs = (self._vector[query][:depth], self._fts[query][:depth])
         nodes = {hit.node.node_id: hit.node for leg in legs for hit in leg}
         codes = {node_id: i for i, node_id in enumerate(nodes)}
 
@@ -479,7 +501,7 @@ class RerankedRetriever(BaseRetriever):
         base: LanceDBRetriever,
         postprocessor: BaseNodePostprocessor,
         similarity_top_k: int = 5,
-        overfetch: int = 2,
+        overfetch: int = RERANK_OVERFETCH,
         **kwargs: Any,
     ) -> None:
         self.base = base
@@ -573,9 +595,13 @@ class LanceDBIndex:
         similarity_top_k: int = 5,
         reranker: BaseNodePostprocessor | None = None,
         hybrid_reranker: Any = None,
-        overfetch: int = 2,
+        overfetch: int = RERANK_OVERFETCH,
+        hybrid_overfetch: int = HYBRID_OVERFETCH,
     ) -> BaseRetriever:
-        """A retriever for one of the five query types; reranked types need a node postprocessor."""
+        """A retriever for one of the five query types; reranked types need a node postprocessor.
+
+        Reranked types rerank `overfetch` × k candidates; hybrid fuses `hybrid_overfetch` × k rows of each leg.
+        """
         if query_type not in QUERY_TYPES:
             raise TuningError(f"unknown query type '{query_type}'; use one of {', '.join(QUERY_TYPES)}")
         if query_type.startswith("reranked_"):
@@ -583,18 +609,20 @@ class LanceDBIndex:
                 raise TuningError(f"query type '{query_type}' needs a reranker")
             base = LanceDBRetriever(self.table, self.embed_model, query_type[len("reranked_") :], similarity_top_k)
             return RerankedRetriever(base, reranker, similarity_top_k, overfetch)
-        return LanceDBRetriever(self.table, self.embed_model, query_type, similarity_top_k, hybrid_reranker)
+        depth = similarity_top_k * hybrid_overfetch if query_type == "hybrid" else None
+        return LanceDBRetriever(self.table, self.embed_model, query_type, similarity_top_k, hybrid_reranker, hybrid_depth=depth)
 
     def retrievers(
         self,
         similarity_top_k: int = 5,
         reranker: BaseNodePostprocessor | None = None,
         hybrid_reranker: Any = None,
-        overfetch: int = 2,
+        overfetch: int = RERANK_OVERFETCH,
+        hybrid_overfetch: int = HYBRID_OVERFETCH,
     ) -> dict[str, BaseRetriever]:
         """All five query types of the reference table (the reranked ones only with a reranker)."""
         types = QUERY_TYPES if reranker is not None else ("vector", "fts", "hybrid")
-        return {qt: self.retriever(qt, similarity_top_k, reranker, hybrid_reranker, overfetch) for qt in types}
+        return {qt: self.retriever(qt, similarity_top_k, reranker, hybrid_reranker, overfetch, hybrid_overfetch) for qt in types}
 
 
 def ensure_vector_index(

@@ -21,9 +21,9 @@ from .errors import TuningError
 from .evaluate import EvalResult, comparison_plot, comparison_table, evaluate_retrievers, with_significance
 from .finetune import EmbeddingFinetuner, FinetuneConfig
 from .encoding import check_backend, load_embed_model
-from .index import LanceDBIndex
+from .index import HYBRID_OVERFETCH, RERANK_OVERFETCH, LanceDBIndex
 from .models import DEFAULT_MODEL, resolve_model
-from .rerank import hybrid_reranker, node_reranker, reranker_name
+from .rerank import DEFAULT_RRF_K, hybrid_reranker, node_reranker, reranker_name
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ class RunConfig:
     fix_glued_words: bool = True  # re-space words PDF extraction ran together (data.split_glued_words)
     reranker: str = "fusion"
     hybrid: str = "rrf"
-    rrf_k: int = 60
-    overfetch: int = 2
+    rrf_k: int = DEFAULT_RRF_K
+    overfetch: int = RERANK_OVERFETCH  # reranked types rerank overfetch × k candidates
+    hybrid_overfetch: int = HYBRID_OVERFETCH  # hybrid fuses hybrid_overfetch × k rows of each leg
     pairs: str = "labeled"
     llm: str | None = None
     backend: str = "torch"  # encoder runtime for indexing and queries: torch, onnx or onnx-int8
@@ -86,7 +87,7 @@ def score_model(
     timings["index"] = round(timings.get("index", 0.0) + time.perf_counter() - t, 2)
     t = time.perf_counter()
     reranker = node_reranker(config.reranker, config.k, index.embed_model, index.table)
-    retrievers = index.retrievers(config.k, reranker, hybrid_reranker(config.hybrid, config.rrf_k), config.overfetch)
+    retrievers = index.retrievers(config.k, reranker, hybrid_reranker(config.hybrid, config.rrf_k), config.overfetch, config.hybrid_overfetch)
     names = {qt: (reranker_name(reranker) if qt.startswith("reranked_") else f"lancedb.{config.hybrid}" if qt == "hybrid" else None) for qt in retrievers}
     results = evaluate_retrievers(retrievers, test, config.k, label, names)
     timings["evaluate"] = round(timings.get("evaluate", 0.0) + time.perf_counter() - t, 2)

@@ -88,7 +88,7 @@ def test_shared_search_serves_every_query_type_with_lancedb_own_results(built, s
     type(index.table).search = lambda self, *a, **kw: searches.append(kw.get("query_type", "vector")) or table_search(self, *a, **kw)
     try:
         with SharedSearch(index.table, index.embed_model) as shared:
-            shared.prefetch(queries, vectors, vector_limit=10, fts_limit=10)
+            shared.prefetch(queries, vectors, vector_limit=20, fts_limit=20)  # the reranked types' 4 × k
             prefetch_searches = len(searches)
             together = {name: r.retrieve_many(queries, vectors=vectors) for name, r in retrievers.items()}
     finally:
@@ -102,6 +102,28 @@ def test_shared_search_serves_every_query_type_with_lancedb_own_results(built, s
         for got, want in zip(together[name], alone[name]):
             _same_up_to_ties(got, want, name)
     assert together["vector"][12] == [] and together["fts"][13] == []
+
+
+def test_hybrid_fuses_deeper_legs_then_cuts_to_k(built, small_dataset):
+    index, _ = built
+    rrf = hybrid_reranker("rrf", rrf_k=5)
+    differs = 0
+    for q in small_dataset.query_ids[:20]:
+        query = small_dataset.queries[q]
+        vector = [h.node.node_id for h in index.retriever("vector", 15).retrieve(query)]
+        fts = [h.node.node_id for h in index.retriever("fts", 15).retrieve(query)]
+        # Reciprocal rank fusion by hand over both top-15 lists, ranks from 1 as LanceDB counts them.
+        fused: dict[str, float] = {}
+        for ranked in (vector, fts):
+            for rank, node_id in enumerate(ranked, start=1):
+                fused[node_id] = fused.get(node_id, 0.0) + 1 / (rank + 5)
+        hits = index.retriever("hybrid", 5, hybrid_reranker=rrf, hybrid_overfetch=3).retrieve(query)
+        assert len(hits) == 5
+        np.testing.assert_allclose([h.score for h in hits], sorted(fused.values(), reverse=True)[:5], atol=1e-6)
+        assert all(abs(fused[h.node.node_id] - h.score) < 1e-6 for h in hits)
+        shallow = index.retriever("hybrid", 5, hybrid_reranker=rrf, hybrid_overfetch=1).retrieve(query)
+        differs += [h.node.node_id for h in shallow] != [h.node.node_id for h in hits]
+    assert differs > 0  # the depth changes some rankings, so the test above tells the two apart
 
 
 def test_hit_rates_on_real_data_are_in_the_expected_range(built, small_dataset):

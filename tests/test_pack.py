@@ -13,6 +13,7 @@ from llama_index.core.schema import MetadataMode, TextNode
 from llama_index_lancedb_tuning import TuningError, evaluate_retriever
 from llama_index_lancedb_tuning.data import SOURCE_ID_KEY
 from llama_index_lancedb_tuning.encoding import embed_queries, embed_texts
+from llama_index_lancedb_tuning.index import RERANK_OVERFETCH
 from llama_index_lancedb_tuning.pack import BaseLlamaPack, FinetunedLanceDBRetrieverPack, write_pack_source
 from llama_index_lancedb_tuning.rerank import COHERE_MODEL, cohere_reranker
 
@@ -210,7 +211,7 @@ def test_cohere_pack_returns_nodes_in_the_servers_order(built, embed_model, cohe
     hits = pack.run(query)
     request = cohere_server.requests[-1]
     assert request["path"] == "/v2/rerank" and request["headers"]["Authorization"] == f"Bearer {SECRET}"
-    assert request["body"]["model"] == COHERE_MODEL and request["body"]["top_n"] == 5 and len(request["body"]["documents"]) == 10
+    assert request["body"]["model"] == COHERE_MODEL and request["body"]["top_n"] == 5 and len(request["body"]["documents"]) == 5 * RERANK_OVERFETCH
     expected = rank_documents(query, request["body"]["documents"], 5)
     assert [h.node.get_content(metadata_mode=MetadataMode.EMBED) for h in hits] == [request["body"]["documents"][r["index"]] for r in expected]
     assert [h.score for h in hits] == [r["relevance_score"] for r in expected]
