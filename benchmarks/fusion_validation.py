@@ -9,7 +9,7 @@ training queries (same fraction and seed), and the tuned model is the fold's sel
 hybrid search by rows per leg (multiples of k) and RRF constant, and the reranked types by
 candidates reranked and FusionRerank's lexical weight, for the base and the tuned model, and
 prints pooled hit@k tables. This is how the defaults of `RunConfig` were picked (BENCHMARKS.md).
-Uses only the package's public API.
+Uses the package's API, chunking exactly as `lancedb-tune run` does (`pipeline.build_nodes`).
 """
 
 from __future__ import annotations
@@ -21,18 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llama_index_lancedb_tuning import (
-    FusionRerank,
-    LanceDBIndex,
-    RunConfig,
-    chunk_corpus,
-    evaluate_retrievers,
-    hybrid_reranker,
-    load_embed_model,
-    load_labeled_csv,
-    model_tokenizer,
-    resolve_model,
-)
+from llama_index_lancedb_tuning import FusionRerank, LanceDBIndex, RunConfig, evaluate_retrievers, hybrid_reranker, load_embed_model, load_labeled_csv
+from llama_index_lancedb_tuning.pipeline import build_nodes
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "data_qa.csv"
 DEPTHS = (1, 2, 3, 4)  # rows per hybrid leg, or candidates reranked, as multiples of k
@@ -46,8 +36,8 @@ def fold_retrievers(index: LanceDBIndex, k: int) -> dict:
         for rrf_k in RRF_KS:
             retrievers[f"hybrid {depth}k K={rrf_k}"] = index.retriever("hybrid", k, hybrid_reranker=hybrid_reranker("rrf", rrf_k), hybrid_overfetch=depth)
         for weight in WEIGHTS:
+            rerank = FusionRerank(index.embed_model, index.table, top_n=k, lexical_weight=weight)
             for base in ("vector", "fts"):
-                rerank = FusionRerank(index.embed_model, index.table, top_n=k, lexical_weight=weight)
                 retrievers[f"reranked_{base} {depth}k w={weight}"] = index.retriever(f"reranked_{base}", k, rerank, overfetch=depth)
     retrievers["vector"] = index.retriever("vector", k)
     retrievers["fts"] = index.retriever("fts", k)
@@ -64,8 +54,8 @@ def main() -> None:
     folds = sorted(Path(args.cv).glob("fold*/model/metrics.json"))
     if not folds:
         raise SystemExit(f"no fold*/model/metrics.json under {args.cv}; run benchmarks/reference_table.py --folds 5 first")
-    nodes = chunk_corpus(dataset.corpus, model_tokenizer(resolve_model(None)), config.chunk_size, config.chunk_overlap, config.fix_glued_words)
-    hits: dict[tuple[str, str], list[float]] = {}
+    nodes = build_nodes(dataset.corpus, None, config)
+    hits: dict[tuple[str, str], list[bool]] = {}
     for i, (train, _test) in enumerate(dataset.kfold(len(folds), config.seed)):
         _fit, val = train.split(config.finetune.val_fraction, config.finetune.seed)
         model_dir = Path(args.cv) / f"fold{i}" / "model"

@@ -152,9 +152,8 @@ def _shared_searches(retrievers: Iterable[LanceDBRetriever | RerankedRetriever])
     for r in retrievers:
         base = r.base if isinstance(r, RerankedRetriever) else r
         entry = limits.setdefault((id(base.table), id(base.embed_model)), [base, 0, 0])
-        depth = base.fusion_depth if base.query_type == "hybrid" else base.similarity_top_k
-        vector_k = depth if base.query_type in ("vector", "hybrid") else 0
-        fts_k = depth if base.query_type in ("fts", "hybrid") else 0
+        vector_k = base.search_depth if base.query_type in ("vector", "hybrid") else 0
+        fts_k = base.search_depth if base.query_type in ("fts", "hybrid") else 0
         entry[1], entry[2] = max(entry[1], vector_k), max(entry[2], fts_k)
     return {SharedSearch(base.table, base.embed_model, base.nprobes): (v, f) for base, v, f in limits.values() if v and f}
 

@@ -297,8 +297,10 @@ class LanceDBRetriever(BaseRetriever):
         super().__init__(**kwargs)
 
     @property
-    def fusion_depth(self) -> int:
-        """Rows each leg of a hybrid search fuses: at least `similarity_top_k`."""
+    def search_depth(self) -> int:
+        """Rows fetched from each search this retriever runs: `similarity_top_k`, or more for a hybrid's fusion."""
+        if self.query_type != "hybrid":
+            return self.similarity_top_k
         return max(self.similarity_top_k, self.hybrid_depth or 0)
 
     def _search(self, query: str, vector: np.ndarray | None) -> list[NodeWithScore]:
@@ -317,8 +319,7 @@ class LanceDBRetriever(BaseRetriever):
         try:
             columns = _RESULT_COLUMNS if self.query_type == "hybrid" else [*_RESULT_COLUMNS, score]
             # A hybrid query's limit is also the depth of each leg; the fused list is cut to k here.
-            limit = self.fusion_depth if self.query_type == "hybrid" else k
-            rows = q.select(columns).limit(limit).to_list()[:k]
+            rows = q.select(columns).limit(self.search_depth).to_list()[:k]
         except Warning:
             rows = []  # LanceDB signals "no full-text match" with a bare Warning in some versions
         return _with_scores(rows, score)
@@ -345,7 +346,7 @@ class LanceDBRetriever(BaseRetriever):
             vectors = embed_queries(self.embed_model, queries)
         shared = active_search(self.table, self.embed_model)
         if shared is not None:
-            found = shared.results(self.query_type, queries, self.similarity_top_k, self.hybrid_reranker, self.fusion_depth)
+            found = shared.results(self.query_type, queries, self.similarity_top_k, self.hybrid_reranker, self.search_depth)
             if found is not None:
                 return found
         if self.query_type == "vector":
@@ -450,14 +451,17 @@ class SharedSearch:
     def results(
         self, query_type: str, queries: Sequence[str], k: int, hybrid_reranker: Any = None, hybrid_depth: int | None = None
     ) -> list[list[NodeWithScore]] | None:
-        """Results for every query, or None where these lists cannot give LanceDB's own answer."""
+        """Results for every query, or None where these lists cannot give LanceDB's own answer.
+
+        `hybrid_depth`: rows of each list a hybrid search fuses (`LanceDBRetriever.search_depth`; None: k).
+        """
         if any(q.strip() and q not in self._bm25 for q in queries):
             return None
         if query_type == "vector" and k <= self._vector_limit:
             return [self._vector[q][:k] if q.strip() else [] for q in queries]
         if query_type == "fts" and k <= self._fts_limit:
             return [self._fts[q][:k] if q.strip() else [] for q in queries]
-        depth = max(k, hybrid_depth or 0)
+        depth = hybrid_depth or k
         if query_type == "hybrid" and isinstance(hybrid_reranker, RRFReranker) and depth <= min(self._vector_limit, self._fts_limit):
             return [self._rrf(q, k, hybrid_reranker, depth) if q.strip() else [] for q in queries]
         return None
