@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
 from llama_index_lancedb_tuning.encoding import load_embed_model
-from llama_index_lancedb_tuning.index import LanceDBIndex, connect, ensure_vector_index, write_nodes
+from llama_index_lancedb_tuning.index import LanceDBIndex
+from llama_index_lancedb_tuning.store import connect, ensure_vector_index, write_nodes
 
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "da", "fe", "gu", "ha", "jo", "pe", "qui", "ro", "su", "ta", "wi"]
 TOPICS = ["revenue", "drivers", "delivery", "freight", "riders", "safety", "regulation", "cash", "tax", "growth",

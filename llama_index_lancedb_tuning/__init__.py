@@ -7,19 +7,30 @@ second instead of first importing torch and sentence-transformers.
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import Any
 
 from .errors import TuningError
+
+# LanceDB's Rust logger prints a deprecation notice at WARN on every hybrid query (its legs select no
+# score column, and no public API adopts the future behaviour); errors still show. Read once, when
+# lancedb loads, so an app that sets LANCEDB_LOG itself keeps its own level.
+os.environ.setdefault("LANCEDB_LOG", "error")
 
 _EXPORTS = {
     "data": ["QADataset", "chunk_corpus", "load_dataset", "load_documents", "load_labeled_csv", "model_tokenizer", "split_glued_words"],
     "generate": ["generate_llm_pairs", "generate_offline_pairs", "llm_from_spec"],
     "finetune": ["EmbeddingFinetuner", "FinetuneConfig", "FinetuneResult"],
     "encoding": ["embed_queries", "embed_texts", "load_embed_model"],
-    "index": ["QUERY_TYPES", "LanceDBIndex", "LanceDBRetriever", "RerankedRetriever"],
+    "store": ["connect", "ensure_fts_index", "ensure_vector_index", "open_table", "write_nodes"],
+    "retrievers": ["LanceDBRetriever", "RerankedRetriever"],
+    "shared_search": ["SharedSearch"],
+    "index": ["QUERY_TYPES", "LanceDBIndex"],
     "rerank": ["FusionRerank", "hybrid_reranker", "node_reranker"],
-    "evaluate": ["EvalResult", "comparison_plot", "comparison_table", "evaluate_retriever", "evaluate_retrievers", "mcnemar_p"],
+    "metrics": ["EvalResult", "bootstrap_ci", "mcnemar_p"],
+    "evaluate": ["evaluate_retriever", "evaluate_retrievers"],
+    "report": ["comparison_plot", "comparison_table"],
     "pipeline": ["RunConfig", "evaluate_model", "tune_and_evaluate"],
     "pack": ["FinetunedLanceDBRetrieverPack", "write_pack_source"],
     "models": ["DEFAULT_MODEL", "resolve_model"],

@@ -60,11 +60,26 @@ def load_embed_model(model: str | BaseEmbedding | None = None, embed_batch_size:
 
         return OnnxEmbedding(name, int8=backend == "onnx-int8", embed_batch_size=embed_batch_size)
     try:
-        return HuggingFaceEmbedding(model_name=name, embed_batch_size=embed_batch_size)
+        with _quiet_loading():
+            return HuggingFaceEmbedding(model_name=name, embed_batch_size=embed_batch_size)
     except Exception as exc:  # hub/transformers raise many types for "not found / offline"
         raise TuningError(
             f"cannot load embedding model '{model}': {type(exc).__name__}; pass a local model directory or a reachable hub id"
         ) from None
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" bar from transformers in a user's app; its setting is restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def cpu_budget() -> int:
@@ -115,7 +130,9 @@ def _runtime(embed_model: BaseEmbedding) -> _Runtime | None:
     st_model = getattr(embed_model, "_model", None)
     if isinstance(embed_model, HuggingFaceEmbedding) and st_model is not None:
         def encode(texts: list[str], batch_size: int) -> np.ndarray:
-            return st_model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+            return st_model.encode(
+                texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
 
         def replicate(_: int) -> BatchEncoder:
             replica = copy.deepcopy(st_model)  # its own tokenizer as well as weights

@@ -1,81 +1,33 @@
-"""Hit-rate and MRR at k, with n, a 95% bootstrap CI and a paired significance test."""
+"""Scoring retrievers on a QA dataset: hit-rate@k and MRR@k per retriever, sharing the work between them."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
-from math import comb
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import NodeWithScore
-from tqdm.auto import tqdm
 
-from .data import SOURCE_ID_KEY, QADataset
+from .data import QADataset
 from .encoding import embed_queries
-from .index import LanceDBRetriever, RerankedRetriever, SharedSearch
-
-BOOTSTRAP_SAMPLES = 2000
-
-
-def node_source(hit: NodeWithScore) -> str:
-    node = hit.node
-    return node.metadata.get(SOURCE_ID_KEY) or node.ref_doc_id or node.node_id
+from .metrics import EvalResult, reciprocal_ranks
+from .shared_search import SharedSearch, SharesSearch
 
 
-def reciprocal_ranks(results: Sequence[Sequence[NodeWithScore]], relevant: Sequence[set[str]], k: int) -> np.ndarray:
-    """1/rank of the first top-k node from a relevant document, 0 when none (an empty list is a miss)."""
-    out = np.zeros(len(results))
-    for i, (hits, rel) in enumerate(zip(results, relevant)):
-        for rank, hit in enumerate(hits[:k], start=1):
-            if node_source(hit) in rel:
-                out[i] = 1.0 / rank
-                break
-    return out
-
-
-def bootstrap_ci(values: np.ndarray, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> tuple[float, float]:
-    """Percentile bootstrap 95% interval of the mean."""
-    if len(values) == 0:
-        return (0.0, 0.0)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return (round(float(low), 4), round(float(high), 4))
-
-
-def mcnemar_p(before: np.ndarray, after: np.ndarray) -> float:
-    """Exact two-sided McNemar test on paired hits (same queries, two systems)."""
-    b = int(np.sum((before > 0) & (after == 0)))
-    c = int(np.sum((before == 0) & (after > 0)))
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(comb(n, i) for i in range(min(b, c) + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
-@dataclass
-class EvalResult:
-    model: str
-    query_type: str
-    reranker: str | None
-    hit_rate: float
-    mrr: float
-    ci95: tuple[float, float]
-    n: int
-    latency_ms: float
-    p_vs_baseline: float | None = None
-    per_query: list[float] = field(default_factory=list, repr=False)
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out.pop("per_query")
-        out["ci95"] = list(self.ci95)
-        return out
+def _scored(
+    results: Sequence[Sequence[NodeWithScore]],
+    dataset: QADataset,
+    k: int,
+    model: str,
+    query_type: str,
+    reranker: str | None,
+    seconds: float,
+    seed: int = 0,
+) -> EvalResult:
+    relevant = [set(dataset.relevant_docs[q]) for q in dataset.query_ids]
+    latency = round(1000 * seconds / max(len(dataset), 1), 2)
+    return EvalResult.from_reciprocal_ranks(reciprocal_ranks(results, relevant, k), model, query_type, reranker, latency, seed)
 
 
 def evaluate_retriever(
@@ -86,34 +38,21 @@ def evaluate_retriever(
     query_type: str = "vector",
     reranker: str | None = None,
     seed: int = 0,
-    vectors: np.ndarray | None = None,
 ) -> EvalResult:
-    """Score one retriever on every query of `dataset`; batched when the retriever supports it.
+    """Score one retriever on every query of `dataset`; batched when the retriever has `retrieve_many`.
 
-    `vectors`: the queries' embeddings, when the caller already has them (see `evaluate_retrievers`).
+    Args:
+        retriever: any LlamaIndex retriever.
+        dataset: the queries and which corpus documents answer each.
+        k: the cut for hit-rate and MRR.
+        model, query_type, reranker: labels for the report.
+        seed: the bootstrap's seed.
     """
     queries = [dataset.queries[q] for q in dataset.query_ids]
-    relevant = [set(dataset.relevant_docs[q]) for q in dataset.query_ids]
     start = time.perf_counter()
-    if hasattr(retriever, "retrieve_many"):
-        # Only our retrievers take `vectors`; another retriever's retrieve_many gets the queries alone.
-        results = retriever.retrieve_many(queries) if vectors is None else retriever.retrieve_many(queries, vectors=vectors)
-    else:
-        results = [retriever.retrieve(q) for q in tqdm(queries, desc=query_type, leave=False)]
-    elapsed = time.perf_counter() - start
-    rr = reciprocal_ranks(results, relevant, k)
-    hits = (rr > 0).astype(float)
-    return EvalResult(
-        model=model,
-        query_type=query_type,
-        reranker=reranker,
-        hit_rate=round(float(hits.mean()), 4) if len(hits) else 0.0,
-        mrr=round(float(rr.mean()), 4) if len(rr) else 0.0,
-        ci95=bootstrap_ci(hits, seed),
-        n=len(hits),
-        latency_ms=round(1000 * elapsed / max(len(queries), 1), 2),
-        per_query=rr.tolist(),
-    )
+    retrieve_many = getattr(retriever, "retrieve_many", None)
+    results = retrieve_many(queries) if retrieve_many is not None else [retriever.retrieve(q) for q in queries]
+    return _scored(results, dataset, k, model, query_type, reranker, time.perf_counter() - start, seed)
 
 
 def evaluate_retrievers(
@@ -123,108 +62,62 @@ def evaluate_retrievers(
     model: str = "model",
     rerankers: Mapping[str, str | None] | None = None,
 ) -> list[EvalResult]:
-    """Score each retriever with the same results `evaluate_retriever` gives, sharing the work between them.
+    """Score each retriever with the results `evaluate_retriever` gives, sharing the work between them.
 
-    Retrievers with one embedding model share one batched query embedding; this package's
-    retrievers on one table also share their LanceDB candidates (`SharedSearch`).
+    This package's retrievers (`SharesSearch`) with one embedding model share one batched query
+    embedding, and those on one table share their LanceDB candidates (`SharedSearch`). A row's
+    latency counts the shared embedding and candidate fetch in full, as if it ran alone.
+
+    Args:
+        retrievers: query type -> retriever.
+        dataset: the queries and which corpus documents answer each.
+        k: the cut for hit-rate and MRR.
+        model: the model label of every row (`baseline`, `tuned`).
+        rerankers: query type -> reranker name for the report.
     """
     rerankers = rerankers or {}
     queries = [dataset.queries[q] for q in dataset.query_ids]
-    vectors_by_model: dict[int, np.ndarray] = {}
-    ours = {qt: r for qt, r in retrievers.items() if isinstance(r, (LanceDBRetriever, RerankedRetriever))}
-    for r in ours.values():
-        if id(r.embed_model) not in vectors_by_model:
-            vectors_by_model[id(r.embed_model)] = embed_queries(r.embed_model, queries)
-    with ExitStack() as stack:
-        for search, limits in _shared_searches(ours.values()).items():
-            search.prefetch(queries, vectors_by_model[id(search.embed_model)], *limits)
-            stack.enter_context(search)
-        results = []
-        for qt, r in tqdm(retrievers.items(), desc=f"evaluate {model}", unit="query type"):
-            vectors = vectors_by_model[id(r.embed_model)] if qt in ours else None
-            results.append(evaluate_retriever(r, dataset, k, model, qt, rerankers.get(qt), vectors=vectors))
+    sharing = {qt: r for qt, r in retrievers.items() if isinstance(r, SharesSearch)}
+    vectors: dict[int, np.ndarray] = {}
+    shared_seconds: dict[int, float] = {}  # per retriever: the embedding and prefetch it shares
+    for r in sharing.values():
+        if id(r.embed_model) not in vectors:
+            start = time.perf_counter()
+            vectors[id(r.embed_model)] = embed_queries(r.embed_model, queries)
+            shared_seconds[id(r.embed_model)] = time.perf_counter() - start
+    searches = _prefetched_searches(list(sharing.values()), queries, vectors)
+    results = []
+    for qt, r in retrievers.items():
+        start = time.perf_counter()
+        if qt in sharing:
+            needs = sharing[qt].search_needs()
+            search = next((s for s, _ in searches if s.serves(needs)), None)
+            hits = sharing[qt].retrieve_many(queries, vectors=vectors[id(needs.embed_model)], search=search)
+            overhead = shared_seconds[id(needs.embed_model)] + next((t for s, t in searches if s is search), 0.0)
+        else:
+            retrieve_many = getattr(r, "retrieve_many", None)
+            hits = retrieve_many(queries) if retrieve_many is not None else [r.retrieve(q) for q in queries]
+            overhead = 0.0
+        results.append(_scored(hits, dataset, k, model, qt, rerankers.get(qt), time.perf_counter() - start + overhead))
     return results
 
 
-def _shared_searches(retrievers: Iterable[LanceDBRetriever | RerankedRetriever]) -> dict[SharedSearch, tuple[int, int]]:
-    """One SharedSearch per (table, embedding model), with the deepest vector and full-text lists any retriever needs."""
-    limits: dict[tuple[int, int], list] = {}
+def _prefetched_searches(
+    retrievers: Sequence[SharesSearch], queries: Sequence[str], vectors: Mapping[int, np.ndarray]
+) -> list[tuple[SharedSearch, float]]:
+    """One SharedSearch per (table, model) that both searches serve, prefetched as deep as its deepest
+    retriever needs, with the seconds the prefetch took."""
+    deepest: dict[tuple[int, int], list] = {}
     for r in retrievers:
-        base = r.base if isinstance(r, RerankedRetriever) else r
-        entry = limits.setdefault((id(base.table), id(base.embed_model)), [base, 0, 0])
-        vector_k = base.search_depth if base.query_type in ("vector", "hybrid") else 0
-        fts_k = base.search_depth if base.query_type in ("fts", "hybrid") else 0
-        entry[1], entry[2] = max(entry[1], vector_k), max(entry[2], fts_k)
-    return {SharedSearch(base.table, base.embed_model, base.nprobes): (v, f) for base, v, f in limits.values() if v and f}
-
-
-def with_significance(baseline: Sequence[EvalResult], tuned: Sequence[EvalResult]) -> None:
-    """Attach the McNemar p-value of each tuned row against the baseline row of its query type."""
-    base_by_type = {r.query_type: r for r in baseline}
-    for row in tuned:
-        base = base_by_type.get(row.query_type)
-        if base is not None:
-            row.p_vs_baseline = round(mcnemar_p(np.array(base.per_query), np.array(row.per_query)), 4)
-
-
-_LABELS = {
-    "vector": "Vector search",
-    "fts": "Full-text search",
-    "reranked_vector": "Reranked vector search",
-    "reranked_fts": "Reranked full-text search",
-    "hybrid": "Hybrid search",
-}
-
-
-def comparison_table(results: Sequence[EvalResult], k: int = 5) -> str:
-    """Markdown table in the shape of the reference table: one row per query type, baseline beside tuned."""
-    by = {(r.model, r.query_type): r for r in results}
-    types = list(dict.fromkeys(r.query_type for r in results))
-    models = list(dict.fromkeys(r.model for r in results))
-    head = ["Query type", "reranker", "n"] + [f"{m} hit@{k} [95% CI]" for m in models] + [f"{m} MRR@{k}" for m in models]
-    if "baseline" in models and len(models) > 1:
-        head += ["Δ hit", "p (McNemar)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for qt in types:
-        rows = [by.get((m, qt)) for m in models]
-        first = next(r for r in rows if r is not None)
-        cells = [_LABELS.get(qt, qt), first.reranker or "—", str(first.n)]
-        cells += [f"{r.hit_rate:.3f} [{r.ci95[0]:.3f}, {r.ci95[1]:.3f}]" if r else "—" for r in rows]
-        cells += [f"{r.mrr:.3f}" if r else "—" for r in rows]
-        if "baseline" in models and len(models) > 1:
-            base, last = by.get(("baseline", qt)), rows[-1]
-            cells += [f"{last.hit_rate - base.hit_rate:+.3f}" if base and last else "—", f"{last.p_vs_baseline:.3f}" if last and last.p_vs_baseline is not None else "—"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def comparison_plot(results: Sequence[EvalResult], path: str | Path, k: int = 5, title: str = "") -> Path:
-    """Grouped bars of hit-rate@k per query type with 95% CI whiskers, one colour per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    types = list(dict.fromkeys(r.query_type for r in results))
-    models = list(dict.fromkeys(r.model for r in results))
-    by = {(r.model, r.query_type): r for r in results}
-    width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    x = np.arange(len(types))
-    for i, m in enumerate(models):
-        rows = [by.get((m, t)) for t in types]
-        rates = [r.hit_rate if r else 0 for r in rows]
-        err = np.array([[r.hit_rate - r.ci95[0], r.ci95[1] - r.hit_rate] if r else [0, 0] for r in rows]).T
-        bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, rates, width, yerr=err, capsize=3, label=m)
-        ax.bar_label(bars, labels=[f"{v:.2f}" for v in rates], fontsize=8, padding=2)
-    ax.set_xticks(x, [_LABELS.get(t, t) for t in types], rotation=15, ha="right")
-    ax.set_ylabel(f"hit-rate@{k}")
-    ax.set_ylim(0, 1.08)
-    n = results[0].n if results else 0
-    ax.set_title(title or f"hit-rate@{k} on {n} held-out queries (95% bootstrap CI)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        needs = r.search_needs()
+        entry = deepest.setdefault((id(needs.table), id(needs.embed_model)), [needs, 0, 0])
+        entry[1], entry[2] = max(entry[1], needs.vector_depth), max(entry[2], needs.fts_depth)
+    out = []
+    for needs, vector_depth, fts_depth in deepest.values():
+        if not (vector_depth and fts_depth):
+            continue  # one kind of search alone gains nothing from sharing
+        start = time.perf_counter()
+        search = SharedSearch(needs.table, needs.embed_model, needs.nprobes)
+        search.prefetch(queries, vectors[id(needs.embed_model)], vector_depth, fts_depth)
+        out.append((search, time.perf_counter() - start))
+    return out

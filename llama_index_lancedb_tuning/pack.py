@@ -19,7 +19,8 @@ from llama_index.core.schema import BaseNode, Document, NodeWithScore
 from .data import chunk_corpus
 from .errors import TuningError
 from .encoding import load_embed_model
-from .index import DEFAULT_TABLE, DEFAULT_URI, QUERY_TYPES, LanceDBIndex, TableMode
+from .index import QUERY_TYPES, LanceDBIndex
+from .store import DEFAULT_TABLE, DEFAULT_URI, TableMode
 from .rerank import hybrid_reranker, node_reranker
 
 try:  # llama-index-core <= 0.14.20 ships the base class; 0.14.21+ removed it.

@@ -18,7 +18,9 @@ from llama_index.core.schema import TextNode
 
 from .data import QADataset, chunk_corpus, model_tokenizer, read_json, write_json
 from .errors import TuningError
-from .evaluate import EvalResult, comparison_plot, comparison_table, evaluate_retrievers, with_significance
+from .evaluate import evaluate_retrievers
+from .metrics import EvalResult, with_significance
+from .report import comparison_plot, comparison_table
 from .finetune import EmbeddingFinetuner, FinetuneConfig
 from .encoding import check_backend, load_embed_model
 from .index import HYBRID_OVERFETCH, RERANK_OVERFETCH, LanceDBIndex

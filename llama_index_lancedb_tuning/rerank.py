@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from .errors import TuningError
 from .encoding import embed_queries, embed_texts
-from .index import shared_bm25, sql_id_list
+from .store import fts_ids, sql_id_list
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ COHERE_MODEL = "rerank-english-v3.0"
 # (index.HYBRID_OVERFETCH), a small constant lets the top ranks of each leg count for more;
 # 5 beat 10 and 60 on validation queries for the base and the tuned model (BENCHMARKS.md).
 DEFAULT_RRF_K = 5
+
+# BM25 scores of rows (by id) for a query, or None where the lookup does not know them.
+BM25Lookup = Callable[[str, Sequence[str]], "dict[str, float] | None"]
 
 
 def hybrid_reranker(kind: str = "rrf", rrf_k: int = DEFAULT_RRF_K, vector_weight: float = 0.7) -> Any:
@@ -70,23 +74,11 @@ class FusionRerank(BaseNodePostprocessor):
         return "FusionRerank"
 
     def _lexical_scores(self, query: str, nodes: list[NodeWithScore]) -> dict[str, float]:
+        """BM25 of the candidates from the table's full-text index, restricted to them (corpus-level term weights)."""
         if self._table is None:
             return {}
-        known = shared_bm25(self._table, query, [n.node.node_id for n in nodes])
-        if known is not None:
-            return known
-        ids = sql_id_list(n.node.node_id for n in nodes)
-        try:
-            rows = (
-                self._table.search(query, query_type="fts", fts_columns="text")
-                .where(f"id IN ({ids})", prefilter=True)
-                .select(["id", "_score"])
-                .limit(len(nodes))
-                .to_list()
-            )
-        except Warning:
-            return {}
-        return {r["id"]: float(r["_score"]) for r in rows}
+        where = f"id IN ({sql_id_list(n.node.node_id for n in nodes)})"
+        return dict(fts_ids(self._table, query, len(nodes), where))
 
     def _query_vector(self, query: QueryBundle) -> np.ndarray:
         if query.embedding is not None:
@@ -102,16 +94,27 @@ class FusionRerank(BaseNodePostprocessor):
     def _postprocess_nodes(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None) -> list[NodeWithScore]:
         if query_bundle is None:
             raise TuningError("FusionRerank needs the query")
+        return self.rerank(nodes, query_bundle)
+
+    def rerank(self, nodes: list[NodeWithScore], query_bundle: QueryBundle, bm25: BM25Lookup | None = None) -> list[NodeWithScore]:
+        """The top `top_n` candidates by fused score.
+
+        Args:
+            nodes: the candidates.
+            query_bundle: the query (its `embedding`, when set, saves embedding it again).
+            bm25: where BM25 scores may already be known (a `SharedSearch` during evaluation);
+                the table's full-text index answers what it does not know.
+        """
         if not nodes:
             return []
         query = query_bundle.query_str
         dense = self._passage_vectors(nodes) @ self._query_vector(query_bundle)
-        lexical = self._lexical_scores(query, nodes)
+        known = bm25(query, [n.node.node_id for n in nodes]) if bm25 is not None else None
+        lexical = known if known is not None else self._lexical_scores(query, nodes)
         lex = np.array([lexical.get(n.node.node_id, 0.0) for n in nodes])
         fused = dense + self.lexical_weight * lex / max(float(lex.max()), 1e-9)
         order = np.argsort(-fused, kind="stable")[: self.top_n]
         return [NodeWithScore(node=nodes[i].node, score=float(fused[i])) for i in order]
-
 
 
 # --- Cohere -----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 import numpy as np
 from llama_index.core.schema import NodeRelationship, NodeWithScore, RelatedNodeInfo, TextNode
 
-from llama_index_lancedb_tuning.evaluate import bootstrap_ci, comparison_plot, comparison_table, mcnemar_p, reciprocal_ranks, EvalResult
+from llama_index_lancedb_tuning.metrics import EvalResult, bootstrap_ci, mcnemar_p, reciprocal_ranks
+from llama_index_lancedb_tuning.report import comparison_plot, comparison_table
 
 
 def _hit(doc):

@@ -18,7 +18,7 @@ from llama_index.core.schema import TextNode
 
 from llama_index_lancedb_tuning import LanceDBIndex, QADataset, TuningError, load_labeled_csv
 from llama_index_lancedb_tuning.cli import main
-from llama_index_lancedb_tuning.index import connect, write_nodes
+from llama_index_lancedb_tuning.store import connect, write_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD_ROWS = [(f"What does note {i} say about topic {i % 3}?", f"Note {i % 6} explains its own topic in a few words.") for i in range(12)]

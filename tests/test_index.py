@@ -70,8 +70,7 @@ def _same_up_to_ties(got, want, name):
 
 
 def test_shared_search_serves_every_query_type_with_lancedb_own_results(built, small_dataset):
-    from llama_index_lancedb_tuning.index import SharedSearch
-    from llama_index_lancedb_tuning.rerank import FusionRerank
+    from llama_index_lancedb_tuning.shared_search import SharedSearch
 
     index, _ = built
     reranker = node_reranker("fusion", 5, index.embed_model, index.table)
@@ -80,28 +79,43 @@ def test_shared_search_serves_every_query_type_with_lancedb_own_results(built, s
     vectors = embed_queries(index.embed_model, queries)
     alone = {name: r.retrieve_many(queries, vectors=vectors) for name, r in retrievers.items()}
 
+    shared = SharedSearch(index.table, index.embed_model)
     lookups = []
-    original = FusionRerank._lexical_scores
-    FusionRerank._lexical_scores = lambda self, q, nodes: lookups.append(q) or original(self, q, nodes)
+    known_bm25 = shared.bm25
+    shared.bm25 = lambda q, ids: lookups.append(q) or known_bm25(q, ids)
     searches = []
     table_search = type(index.table).search
     type(index.table).search = lambda self, *a, **kw: searches.append(kw.get("query_type", "vector")) or table_search(self, *a, **kw)
     try:
-        with SharedSearch(index.table, index.embed_model) as shared:
-            shared.prefetch(queries, vectors, vector_limit=20, fts_limit=20)  # the reranked types' 4 × k
-            prefetch_searches = len(searches)
-            together = {name: r.retrieve_many(queries, vectors=vectors) for name, r in retrievers.items()}
+        shared.prefetch(queries, vectors, vector_limit=20, fts_limit=20)  # the reranked types' 4 × k
+        prefetch_searches = len(searches)
+        together = {name: r.retrieve_many(queries, vectors=vectors, search=shared) for name, r in retrievers.items()}
     finally:
-        FusionRerank._lexical_scores, type(index.table).search = original, table_search
+        type(index.table).search = table_search
     # One batched vector search, one full-text search per non-blank query, one fetch of missing rows; none after.
     assert prefetch_searches == 1 + 13 + 1 and len(searches) == prefetch_searches
-    # Both reranked types asked for BM25 scores (the no-match query has no full-text candidates to
-    # rerank) and found them in the shared lists: no table search ran after the prefetch.
+    # Both reranked types asked the shared search for BM25 scores (the no-match query has no full-text
+    # candidates to rerank) and found them there: no table search ran after the prefetch.
     assert len(lookups) == 13 + 12
     for name in retrievers:
         for got, want in zip(together[name], alone[name]):
             _same_up_to_ties(got, want, name)
     assert together["vector"][12] == [] and together["fts"][13] == []
+
+
+def test_evaluation_shares_searches_without_any_global_state(built, small_dataset):
+    from llama_index_lancedb_tuning import evaluate_retriever, evaluate_retrievers, shared_search, store
+
+    index, _ = built
+    reranker = node_reranker("fusion", 5, index.embed_model, index.table)
+    retrievers = index.retrievers(5, reranker, hybrid_reranker("rrf"))
+    together = evaluate_retrievers(retrievers, small_dataset, 5)
+    for row in together:
+        alone = evaluate_retriever(retrievers[row.query_type], small_dataset, 5, query_type=row.query_type)
+        assert row.per_query == alone.per_query, row.query_type
+        assert row.latency_ms > 0, row.query_type  # a shared search's cost is counted, not hidden
+    for module in (shared_search, store):
+        assert not [name for name, value in vars(module).items() if isinstance(value, (dict, list, set)) and not name.startswith("__")]
 
 
 def test_hybrid_fuses_deeper_legs_then_cuts_to_k(built, small_dataset):

@@ -25,8 +25,9 @@ from llama_index.core.schema import TextNode
 
 from llama_index_lancedb_tuning import QADataset, TuningError
 from llama_index_lancedb_tuning.cli import main
-from llama_index_lancedb_tuning.evaluate import EvalResult
-from llama_index_lancedb_tuning.index import LanceDBIndex, connect, existing_table, missing_nodes, write_nodes
+from llama_index_lancedb_tuning.metrics import EvalResult
+from llama_index_lancedb_tuning.index import LanceDBIndex
+from llama_index_lancedb_tuning.store import connect, existing_table, missing_nodes, write_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 8
@@ -36,7 +37,7 @@ import json, os, sys, warnings
 warnings.simplefilter("ignore")
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.schema import TextNode
-from llama_index_lancedb_tuning.index import connect, existing_table, missing_nodes, write_nodes
+from llama_index_lancedb_tuning.store import connect, existing_table, missing_nodes, write_nodes
 
 def job(spec):
     db = connect(spec["uri"])

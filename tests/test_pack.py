@@ -106,11 +106,12 @@ def test_reopen_gives_identical_results_without_reembedding(built, small_dataset
     table = pack.get_modules()["table"]
     version, rows = table.version, table.count_rows()
     import llama_index_lancedb_tuning.index as index_module
+    import llama_index_lancedb_tuning.store as store_module
 
     def no_embedding(*args, **kwargs):
         raise AssertionError("reopening must not embed passages")
 
-    monkeypatch.setattr(index_module, "embed_texts", no_embedding)
+    monkeypatch.setattr(store_module, "embed_texts", no_embedding)
     monkeypatch.setattr(index_module, "append_nodes", no_embedding)
     reopened = _reopen(uri, embed_model, reranker=None)  # reranked types use FusionRerank, which embeds candidates
     monkeypatch.undo()

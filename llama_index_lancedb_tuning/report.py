@@ -1,0 +1,96 @@
+"""The comparison a run reports: a markdown table and a plot, baseline beside tuned, with n, CIs and p-values."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import EvalResult
+
+QUERY_TYPE_LABELS = {
+    "vector": "Vector search",
+    "fts": "Full-text search",
+    "reranked_vector": "Reranked vector search",
+    "reranked_fts": "Reranked full-text search",
+    "hybrid": "Hybrid search",
+}
+# A difference of this many queries or fewer is reported as noise, whatever its p-value.
+NOISE_QUERIES = 2
+SIGNIFICANCE = 0.05
+
+
+def gain_verdict(baseline: EvalResult, tuned: EvalResult) -> str:
+    """`+8 queries (p=0.004)`, or `noise` for a change of a couple of queries or one the paired test cannot tell from chance."""
+    delta = round((tuned.hit_rate - baseline.hit_rate) * tuned.n)
+    p = tuned.p_vs_baseline
+    if abs(delta) <= NOISE_QUERIES or p is None or p >= SIGNIFICANCE:
+        return f"noise ({delta:+d} queries)"
+    return f"{delta:+d} queries (p={p:.3f})"
+
+
+def comparison_table(results: Sequence[EvalResult], k: int = 5) -> str:
+    """Markdown table in the shape of the reference table: one row per query type, baseline beside tuned."""
+    by = {(r.model, r.query_type): r for r in results}
+    types = list(dict.fromkeys(r.query_type for r in results))
+    models = list(dict.fromkeys(r.model for r in results))
+    compared = "baseline" in models and len(models) > 1
+    head = ["Query type", "reranker", "n"] + [f"{m} hit@{k} [95% CI]" for m in models] + [f"{m} MRR@{k}" for m in models]
+    if compared:
+        head += ["Δ hit", "p (McNemar)", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for qt in types:
+        rows = [by.get((m, qt)) for m in models]
+        first = next(r for r in rows if r is not None)
+        cells = [QUERY_TYPE_LABELS.get(qt, qt), first.reranker or "—", str(first.n)]
+        cells += [f"{r.hit_rate:.3f} [{r.ci95[0]:.3f}, {r.ci95[1]:.3f}]" if r else "—" for r in rows]
+        cells += [f"{r.mrr:.3f}" if r else "—" for r in rows]
+        if compared:
+            base, last = by.get(("baseline", qt)), rows[-1]
+            if base is not None and last is not None:
+                p = f"{last.p_vs_baseline:.3f}" if last.p_vs_baseline is not None else "—"
+                cells += [f"{last.hit_rate - base.hit_rate:+.3f}", p, gain_verdict(base, last)]
+            else:
+                cells += ["—", "—", "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_plot(results: Sequence[EvalResult], path: str | Path, k: int = 5, title: str = "") -> Path:
+    """Hit-rate@k (with 95% CI whiskers and McNemar p against the baseline) and MRR@k per query type, one colour per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    types = list(dict.fromkeys(r.query_type for r in results))
+    models = list(dict.fromkeys(r.model for r in results))
+    by = {(r.model, r.query_type): r for r in results}
+    width = 0.8 / len(models)
+    x = np.arange(len(types))
+    fig, (hit_ax, mrr_ax) = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    for i, m in enumerate(models):
+        rows = [by.get((m, t)) for t in types]
+        offset = x + (i - (len(models) - 1) / 2) * width
+        rates = [r.hit_rate if r else 0.0 for r in rows]
+        err = np.array([[r.hit_rate - r.ci95[0], r.ci95[1] - r.hit_rate] if r else [0, 0] for r in rows]).T
+        bars = hit_ax.bar(offset, rates, width, yerr=err, capsize=3, label=m)
+        labels = [f"{v:.2f}" + (f"\np={r.p_vs_baseline:.2g}" if r and r.p_vs_baseline is not None else "") for v, r in zip(rates, rows)]
+        hit_ax.bar_label(bars, labels=labels, fontsize=7, padding=2)
+        mrr = [r.mrr if r else 0.0 for r in rows]
+        mrr_ax.bar_label(mrr_ax.bar(offset, mrr, width, label=m), labels=[f"{v:.2f}" for v in mrr], fontsize=7, padding=2)
+    n = results[0].n if results else 0
+    for ax, name in ((hit_ax, f"hit-rate@{k} (95% bootstrap CI; p: McNemar vs baseline)"), (mrr_ax, f"MRR@{k}")):
+        ax.set_xticks(x, [QUERY_TYPE_LABELS.get(t, t) for t in types], rotation=15, ha="right")
+        ax.set_ylim(0, 1.2)
+        ax.set_title(name, fontsize=10)
+    hit_ax.set_ylabel("rate")
+    # Above the axes, so no bar is ever covered.
+    fig.legend(*hit_ax.get_legend_handles_labels(), loc="upper right", ncol=len(models), frameon=False)
+    fig.suptitle(title or f"{n} held-out queries", x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,142 @@
+"""Search candidates fetched once per query and shared by every query type, for evaluation.
+
+Scoring the five query types would otherwise cost each query five full-text searches
+(full-text, reranked full-text, the BM25 lookup of each rerank, the hybrid's own) and the
+vector search three times. A `SharedSearch` costs each query one row in a batched vector
+search and one full-text search, and its lists serve all types with LanceDB's own results:
+a top-k cut of a longer ranked list is the shorter list, a row's BM25 score does not depend
+on which rows are returned, and RRF uses only each list's order.
+
+It is passed explicitly: the evaluator asks each retriever what it needs (`search_needs`),
+prefetches, and hands the search to `retrieve_many(..., search=shared)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+from lancedb.rerankers import RRFReranker
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.schema import NodeWithScore
+
+from .store import fts_ids, rows_by_id, vector_search_many
+
+SEARCH_THREADS = 4
+# Full-text lists reach at least this deep, so most reranker BM25 lookups are answered from them.
+FTS_DEPTH = 200
+
+
+@dataclass(frozen=True)
+class SearchNeeds:
+    """What one retriever reads from its table: how deep its vector and full-text lists go (0: not at all)."""
+
+    table: lancedb.table.Table
+    embed_model: BaseEmbedding
+    nprobes: int
+    vector_depth: int
+    fts_depth: int
+
+
+@runtime_checkable
+class SharesSearch(Protocol):
+    """A retriever that can serve many queries from a `SharedSearch` (this package's retrievers)."""
+
+    embed_model: BaseEmbedding
+
+    def search_needs(self) -> SearchNeeds: ...
+
+    def retrieve_many(
+        self, queries: Sequence[str], batch_size: int = 64, vectors: np.ndarray | None = None, search: SharedSearch | None = None
+    ) -> list[list[NodeWithScore]]: ...
+
+
+class SharedSearch:
+    """Vector and full-text candidates of one (table, embedding model), fetched once per query.
+
+    Args:
+        table: the LanceDB table.
+        embed_model: the model whose query vectors are searched.
+        nprobes: IVF partitions probed (as the retrievers do).
+        fts_depth: how deep each full-text list reaches at least.
+    """
+
+    def __init__(self, table: lancedb.table.Table, embed_model: BaseEmbedding, nprobes: int = 20, fts_depth: int = FTS_DEPTH) -> None:
+        self.table = table
+        self.embed_model = embed_model
+        self.nprobes = nprobes
+        self.fts_depth = fts_depth
+        self._vector: dict[str, list[NodeWithScore]] = {}
+        self._fts: dict[str, list[NodeWithScore]] = {}
+        self._bm25: dict[str, tuple[dict[str, float], bool]] = {}  # query -> (scores by id, list complete)
+        self._vector_limit = self._fts_limit = 0
+
+    def serves(self, needs: SearchNeeds) -> bool:
+        return needs.table is self.table and needs.embed_model is self.embed_model
+
+    def prefetch(self, queries: Sequence[str], vectors: np.ndarray, vector_limit: int, fts_limit: int) -> None:
+        """Fetch the top `vector_limit` vector rows and `fts_limit` full-text rows of every distinct query."""
+        self.fts_depth = max(self.fts_depth, fts_limit)  # the full-text lists must reach the deepest cut
+        first: dict[str, int] = {}  # each distinct query once, at its first position
+        for i, q in enumerate(queries):
+            if q.strip():
+                first.setdefault(q, i)
+        distinct = list(first)
+        query_vectors = list(np.asarray(vectors)[list(first.values())])
+        self._vector = dict(zip(distinct, vector_search_many(self.table, query_vectors, vector_limit, self.nprobes)))
+        self._vector_limit = vector_limit
+        with ThreadPoolExecutor(max_workers=SEARCH_THREADS) as pool:
+            ranked = list(pool.map(lambda q: fts_ids(self.table, q, self.fts_depth), distinct))
+        nodes = {hit.node.node_id: hit.node for hits in self._vector.values() for hit in hits}
+        nodes.update(rows_by_id(self.table, {i for ids in ranked for i, _ in ids[:fts_limit] if i not in nodes}))
+        for query, ids in zip(distinct, ranked):
+            self._bm25[query] = (dict(ids), len(ids) < self.fts_depth)
+            self._fts[query] = [NodeWithScore(node=nodes[i], score=score) for i, score in ids[:fts_limit]]
+        self._fts_limit = fts_limit
+
+    def results(
+        self, query_type: str, queries: Sequence[str], k: int, hybrid_reranker: Any = None, depth: int | None = None
+    ) -> list[list[NodeWithScore]] | None:
+        """Results for every query, or None where these lists cannot give LanceDB's own answer.
+
+        `depth`: rows of each list a hybrid search fuses (`LanceDBRetriever.search_depth`; None: k).
+        """
+        if any(q.strip() and q not in self._bm25 for q in queries):
+            return None
+        if query_type == "vector" and k <= self._vector_limit:
+            return [self._vector[q][:k] if q.strip() else [] for q in queries]
+        if query_type == "fts" and k <= self._fts_limit:
+            return [self._fts[q][:k] if q.strip() else [] for q in queries]
+        depth = depth or k
+        if query_type == "hybrid" and isinstance(hybrid_reranker, RRFReranker) and depth <= min(self._vector_limit, self._fts_limit):
+            return [self._rrf(q, k, hybrid_reranker, depth) if q.strip() else [] for q in queries]
+        return None
+
+    def _rrf(self, query: str, k: int, reranker: RRFReranker, depth: int) -> list[NodeWithScore]:
+        """LanceDB's RRF fusion of the two top-`depth` lists, as its hybrid query runs it, cut to k."""
+        legs = (self._vector[query][:depth], self._fts[query][:depth])
+        nodes = {hit.node.node_id: hit.node for leg in legs for hit in leg}
+        codes = {node_id: i for i, node_id in enumerate(nodes)}
+
+        def table(hits: list[NodeWithScore], score: str) -> pa.Table:
+            ids = [h.node.node_id for h in hits]
+            return pa.table({"id": ids, "_rowid": [codes[i] for i in ids], score: [float(h.score or 0.0) for h in hits]})
+
+        fused = reranker.rerank_hybrid(query, table(legs[0], "_distance"), table(legs[1], "_score"))
+        ids, scores = fused["id"].to_pylist()[:k], fused["_relevance_score"].to_pylist()
+        return [NodeWithScore(node=nodes[i], score=float(s)) for i, s in zip(ids, scores)]
+
+    def bm25(self, query: str, ids: Sequence[str]) -> dict[str, float] | None:
+        """BM25 scores of these rows for a prefetched query (absent: no match), or None if unknown."""
+        known = self._bm25.get(query)
+        if known is None:
+            return None
+        scores, complete = known
+        if not complete and any(i not in scores for i in ids):
+            return None  # below the fetched depth: only a filtered search can tell
+        return {i: scores[i] for i in ids if i in scores}
