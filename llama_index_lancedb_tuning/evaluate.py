@@ -80,19 +80,20 @@ def evaluate_retrievers(
     sharing = {qt: r for qt, r in retrievers.items() if isinstance(r, SharesSearch)}
     vectors: dict[int, np.ndarray] = {}
     shared_seconds: dict[int, float] = {}  # per retriever: the embedding and prefetch it shares
-    for r in sharing.values():
-        if id(r.embed_model) not in vectors:
+    for sharer in sharing.values():
+        if id(sharer.embed_model) not in vectors:
             start = time.perf_counter()
-            vectors[id(r.embed_model)] = embed_queries(r.embed_model, queries)
-            shared_seconds[id(r.embed_model)] = time.perf_counter() - start
+            vectors[id(sharer.embed_model)] = embed_queries(sharer.embed_model, queries)
+            shared_seconds[id(sharer.embed_model)] = time.perf_counter() - start
     searches = _prefetched_searches(list(sharing.values()), queries, vectors)
     results = []
     for qt, r in retrievers.items():
         start = time.perf_counter()
         if qt in sharing:
-            needs = sharing[qt].search_needs()
+            ours = sharing[qt]
+            needs = ours.search_needs()
             search = next((s for s, _ in searches if s.serves(needs)), None)
-            hits = sharing[qt].retrieve_many(queries, vectors=vectors[id(needs.embed_model)], search=search)
+            hits = ours.retrieve_many(queries, vectors=vectors[id(needs.embed_model)], search=search)
             overhead = shared_seconds[id(needs.embed_model)] + next((t for s, t in searches if s is search), 0.0)
         else:
             retrieve_many = getattr(r, "retrieve_many", None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lancedb
 from llama_index.core import VectorStoreIndex
@@ -24,7 +24,7 @@ from .retrievers import LanceDBRetriever, RerankedRetriever
 from .store import DEFAULT_TABLE, DEFAULT_URI, TableMode, append_nodes, connect, open_table, vector_dim, write_nodes
 
 QueryType = Literal["vector", "fts", "reranked_vector", "reranked_fts", "hybrid"]
-QUERY_TYPES: tuple[str, ...] = ("vector", "fts", "reranked_vector", "reranked_fts", "hybrid")
+QUERY_TYPES: tuple[QueryType, ...] = get_args(QueryType)
 # Candidates per query as multiples of k, picked on validation queries of data_qa.csv's
 # cross-validation folds (BENCHMARKS.md): a reranker sees 4k candidates; each leg of a hybrid
 # search brings 3k rows to the fusion, so a passage both legs rank fairly well can outrank one
@@ -104,7 +104,7 @@ class LanceDBIndex:
 
     def vector_store(self) -> LanceDBVectorStore:
         # mode="append": LanceDBVectorStore defaults to "overwrite", which would replace the table on its first add.
-        return LanceDBVectorStore(connection=self.table._conn, table=self.table, mode="append")
+        return LanceDBVectorStore(connection=self.table._conn, table=self.table, mode="append")  # type: ignore[attr-defined]
 
     def vector_store_index(self) -> VectorStoreIndex:
         return VectorStoreIndex.from_vector_store(self.vector_store(), embed_model=self.embed_model)
@@ -142,5 +142,5 @@ class LanceDBIndex:
         hybrid_overfetch: int = HYBRID_OVERFETCH,
     ) -> dict[str, BaseRetriever]:
         """All five query types of the reference table (the reranked ones only with a reranker)."""
-        types = QUERY_TYPES if reranker is not None else ("vector", "fts", "hybrid")
+        types: tuple[QueryType, ...] = QUERY_TYPES if reranker is not None else ("vector", "fts", "hybrid")
         return {qt: self.retriever(qt, similarity_top_k, reranker, hybrid_reranker, overfetch, hybrid_overfetch) for qt in types}

@@ -12,7 +12,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.llms import LLM
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.query_engine import RetrieverQueryEngine
-from llama_index.core.response_synthesizers import get_response_synthesizer
+from llama_index.core.response_synthesizers import BaseSynthesizer, get_response_synthesizer
 from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.schema import BaseNode, Document, NodeWithScore
 
@@ -40,7 +40,7 @@ except ImportError:
 
 def _document_nodes(
     documents: Sequence[Document], embed_model: BaseEmbedding, chunk_size: int, chunk_overlap: int, fix_glued_words: bool
-) -> list[BaseNode]:
+) -> Sequence[BaseNode]:
     tokenizer = getattr(getattr(embed_model, "_model", None), "tokenizer", None)
     if tokenizer is None:
         raise TuningError("pass nodes= with this embed_model: documents are split with a sentence-transformers tokenizer")
@@ -113,7 +113,7 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             # No LLM: answer with the retrieved nodes (no text). Built directly, because
             # get_response_synthesizer drops `llm` for NO_TEXT and the synthesizer then resolves
             # Settings.llm, which fails without an OpenAI key. MockLLM is never called here.
-            synthesizer = NoText(llm=MockLLM())
+            synthesizer: BaseSynthesizer = NoText(llm=MockLLM())
         else:
             synthesizer = get_response_synthesizer(llm=self.llm)
         self.query_engine = RetrieverQueryEngine(self.retriever, response_synthesizer=synthesizer)

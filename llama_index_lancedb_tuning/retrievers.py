@@ -81,14 +81,16 @@ class LanceDBRetriever(BaseRetriever):
         return SearchNeeds(self.table, self.embed_model, self.nprobes, vector, fts)
 
     def _search(self, query: str, vector: np.ndarray | None) -> list[NodeWithScore]:
+        # LanceDB types search() as its base builder, which lacks the vector and hybrid builders' methods.
+        search: Any = self.table.search
         if self.query_type == "vector":
-            q = self.table.search(vector).distance_type("cosine").nprobes(self.nprobes)
+            q = search(vector).distance_type("cosine").nprobes(self.nprobes)
             score = "_distance"
         elif self.query_type == "fts":
-            q = self.table.search(query, query_type="fts", fts_columns="text")
+            q = search(query, query_type="fts", fts_columns="text")
             score = "_score"
         else:
-            q = self.table.search(query_type="hybrid").vector(vector).text(query).distance_type("cosine")
+            q = search(query_type="hybrid").vector(vector).text(query).distance_type("cosine")
             if self.hybrid_reranker is not None:
                 q = q.rerank(self.hybrid_reranker)
             score = "_relevance_score"

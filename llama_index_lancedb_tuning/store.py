@@ -254,9 +254,9 @@ def vector_search_many(
     out: list[list[NodeWithScore]] = [[] for _ in vectors]
     for start in range(0, len(vectors), batch_size):
         batch = [np.asarray(v, dtype=np.float32) for v in vectors[start : start + batch_size]]
+        search: Any = table.search(batch if len(batch) > 1 else batch[0])  # a vector query builder
         rows = (
-            table.search(batch if len(batch) > 1 else batch[0])
-            .distance_type("cosine")
+            search.distance_type("cosine")
             .nprobes(nprobes)
             .select([*RESULT_COLUMNS, "_distance"])
             .limit(limit)
