@@ -14,7 +14,8 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import NodeWithScore
 from tqdm.auto import tqdm
 
-from .data import SOURCE_ID_KEY, QADataset
+from .chunking import SOURCE_ID_KEY
+from .dataset import QADataset
 from .encoding import embed_queries
 from .index import LanceDBRetriever, RerankedRetriever, SharedSearch
 
