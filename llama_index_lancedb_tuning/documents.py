@@ -49,7 +49,7 @@ def load_documents(path: str | Path, recursive: bool = True) -> dict[str, str]:
         except OSError as exc:
             raise TuningError(f"{file}: cannot read ({exc.strerror}); check its permissions") from None
         if fake_pdf:
-            raise TuningError(f"{file} is not a PDF (its bytes do not start with %PDF-); rename it to its real type or remove it")
+            raise TuningError(f"{file} is not a PDF (it has no %PDF- header); rename it to its real type or remove it")
     # Files are listed here, not by the reader's input_dir: the reader skips every path with a hidden
     # part, including the folders above `path` (a documents folder under ~/.data would read as empty).
     reader = SimpleDirectoryReader(
