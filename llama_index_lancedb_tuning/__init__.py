@@ -19,7 +19,10 @@ from .errors import TuningError
 os.environ.setdefault("LANCEDB_LOG", "error")
 
 _EXPORTS = {
-    "data": ["QADataset", "chunk_corpus", "load_dataset", "load_documents", "load_labeled_csv", "model_tokenizer", "split_glued_words"],
+    "dataset": ["QADataset"],
+    "labeled_csv": ["load_dataset", "load_labeled_csv"],
+    "documents": ["load_documents"],
+    "chunking": ["chunk_corpus", "model_tokenizer", "split_glued_words"],
     "generate": ["generate_llm_pairs", "generate_offline_pairs", "llm_from_spec"],
     "finetune": ["EmbeddingFinetuner", "FinetuneConfig", "FinetuneResult"],
     "encoding": ["embed_queries", "embed_texts", "load_embed_model"],

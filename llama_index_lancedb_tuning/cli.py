@@ -103,7 +103,8 @@ def _run_config(args: argparse.Namespace):
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .data import chunk_corpus, load_documents, model_tokenizer
+    from .chunking import chunk_corpus, model_tokenizer
+    from .documents import load_documents
     from .generate import generate_llm_pairs, generate_offline_pairs, llm_from_spec
     from .models import resolve_model
 
@@ -160,7 +161,8 @@ class _RedactSecrets(logging.Filter):
 def _dispatch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .data import load_dataset, load_documents
+    from .documents import load_documents
+    from .labeled_csv import load_dataset
     from .pipeline import evaluate_model, tune_and_evaluate
 
     if args.command == "generate":

@@ -29,7 +29,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
 from .errors import TuningError
-from .models import ENCODE_BATCH, longest_first_batches, resolve_model
+from .models import ENCODE_BATCH, resolve_model
 
 Backend = Literal["torch", "onnx", "onnx-int8"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -38,6 +38,13 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 MAX_ENCODE_WORKERS = 4
 
 BatchEncoder = Callable[[list[str]], np.ndarray]
+
+
+def longest_first_batches(texts: list[str], batch_size: int) -> list[np.ndarray]:
+    """Positions of `texts` in batches, longest texts first: each batch pads little, and the last
+    batches are the quick ones."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def check_backend(backend: str) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import NodeWithScore
 
-from .data import QADataset
+from .dataset import QADataset
 from .encoding import embed_queries
 from .metrics import EvalResult, reciprocal_ranks
 from .shared_search import SharedSearch, SharesSearch

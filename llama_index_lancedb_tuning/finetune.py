@@ -22,8 +22,10 @@ from sentence_transformers.sentence_transformer.losses import (
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 from sentence_transformers.util import mine_hard_negatives
 
-from .data import SOURCE_ID_KEY, QADataset, read_json, write_json
+from .chunking import SOURCE_ID_KEY
+from .dataset import QADataset
 from .errors import TuningError
+from .jsonfile import read_json, write_json
 from .models import ENCODE_BATCH, resolve_model
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from llama_index.core.schema import BaseNode, MetadataMode
 
-from .data import QADataset, stable_id
+from .dataset import QADataset, stable_id
 from .errors import TuningError
 
 if TYPE_CHECKING:

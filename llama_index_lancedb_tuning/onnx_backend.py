@@ -22,8 +22,9 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
+from .encoding import longest_first_batches
 from .errors import TuningError
-from .models import longest_first_batches, resolve_model
+from .models import resolve_model
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_qint8_avx2.onnx"

@@ -16,7 +16,7 @@ from llama_index.core.response_synthesizers import BaseSynthesizer, get_response
 from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.schema import BaseNode, Document, NodeWithScore
 
-from .data import chunk_corpus
+from .chunking import chunk_corpus
 from .errors import TuningError
 from .encoding import load_embed_model
 from .index import QUERY_TYPES, LanceDBIndex

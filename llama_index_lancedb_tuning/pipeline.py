@@ -16,7 +16,8 @@ from pathlib import Path
 
 from llama_index.core.schema import TextNode
 
-from .data import QADataset, chunk_corpus, model_tokenizer, read_json, write_json
+from .chunking import chunk_corpus, model_tokenizer
+from .dataset import QADataset
 from .errors import TuningError
 from .evaluate import evaluate_retrievers
 from .metrics import EvalResult, with_significance
@@ -24,6 +25,7 @@ from .report import comparison_plot, comparison_table
 from .finetune import EmbeddingFinetuner, FinetuneConfig
 from .encoding import check_backend, load_embed_model
 from .index import HYBRID_OVERFETCH, RERANK_OVERFETCH, LanceDBIndex
+from .jsonfile import read_json, write_json
 from .models import DEFAULT_MODEL, resolve_model
 from .rerank import DEFAULT_RRF_K, hybrid_reranker, node_reranker, reranker_name
 

@@ -347,7 +347,8 @@ def docs_dir(tmp_path) -> Path:
 def test_openai_key_never_reaches_output_logs_reports_or_errors(tmp_path, docs_dir, capsys, caplog, monkeypatch):
     from openai_server import OpenAIServer
 
-    from llama_index_lancedb_tuning.data import chunk_corpus, load_documents, model_tokenizer
+    from llama_index_lancedb_tuning.chunking import chunk_corpus, model_tokenizer
+    from llama_index_lancedb_tuning.documents import load_documents
     from llama_index_lancedb_tuning.generate import generate_llm_pairs, llm_from_spec
     from llama_index_lancedb_tuning.models import resolve_model
 

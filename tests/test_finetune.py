@@ -74,7 +74,7 @@ def test_no_refit_without_a_per_epoch_choice(tmp_path, small_dataset, small_node
 def test_given_passage_vectors_pick_the_same_positives(small_dataset, small_nodes, default_model_path):
     from sentence_transformers import SentenceTransformer
 
-    from llama_index_lancedb_tuning.data import SOURCE_ID_KEY
+    from llama_index_lancedb_tuning.chunking import SOURCE_ID_KEY
     from llama_index_lancedb_tuning.finetune import QueryOnlyLoss, source_nodes, training_pairs
 
     model = SentenceTransformer(default_model_path)

@@ -15,7 +15,8 @@ import pytest
 from llama_index.core.schema import TextNode
 from llama_index.llms.openai import OpenAI
 
-from llama_index_lancedb_tuning.data import QADataset, load_documents
+from llama_index_lancedb_tuning.dataset import QADataset
+from llama_index_lancedb_tuning.documents import load_documents
 from llama_index_lancedb_tuning.errors import TuningError
 from llama_index_lancedb_tuning.generate import (
     generate_llm_pairs,
