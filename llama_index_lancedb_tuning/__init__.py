@@ -14,7 +14,8 @@ from .errors import TuningError
 
 _EXPORTS = {
     "data": ["QADataset", "chunk_corpus", "load_dataset", "load_documents", "load_labeled_csv", "model_tokenizer", "split_glued_words"],
-    "generate": ["generate_llm_pairs", "generate_offline_pairs", "llm_from_spec"],
+    "llm_pairs": ["generate_llm_pairs", "llm_from_spec"],
+    "offline_pairs": ["generate_offline_pairs"],
     "finetune": ["EmbeddingFinetuner", "FinetuneConfig", "FinetuneResult"],
     "encoding": ["embed_queries", "embed_texts", "load_embed_model"],
     "index": ["QUERY_TYPES", "LanceDBIndex", "LanceDBRetriever", "RerankedRetriever"],

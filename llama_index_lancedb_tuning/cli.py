@@ -104,7 +104,8 @@ def _run_config(args: argparse.Namespace):
 
 def _generate(args: argparse.Namespace) -> int:
     from .data import chunk_corpus, load_documents, model_tokenizer
-    from .generate import generate_llm_pairs, generate_offline_pairs, llm_from_spec
+    from .llm_pairs import generate_llm_pairs, llm_from_spec
+    from .offline_pairs import generate_offline_pairs
     from .models import resolve_model
 
     documents = load_documents(args.docs)

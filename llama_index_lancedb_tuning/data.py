@@ -81,8 +81,11 @@ class QADataset:
 
     def save_json(self, path: str | Path) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, self.to_dict(), indent=2, ensure_ascii=False)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, self.to_dict(), indent=2, ensure_ascii=False)
+        except OSError as exc:
+            raise TuningError(f"cannot write pairs to {path} ({exc.strerror or exc}); choose another --out") from None
 
     @classmethod
     def from_json(cls, path: str | Path) -> QADataset:

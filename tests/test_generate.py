@@ -17,14 +17,9 @@ from llama_index.llms.openai import OpenAI
 
 from llama_index_lancedb_tuning.data import QADataset, load_documents
 from llama_index_lancedb_tuning.errors import TuningError
-from llama_index_lancedb_tuning.generate import (
-    generate_llm_pairs,
-    generate_offline_pairs,
-    llm_from_spec,
-    parse_questions,
-    progress_path,
-    source_node_id,
-)
+from llama_index_lancedb_tuning.llm_pairs import generate_llm_pairs, llm_from_spec, parse_questions
+from llama_index_lancedb_tuning.offline_pairs import generate_offline_pairs, source_node_id
+from llama_index_lancedb_tuning.progress_file import progress_path
 
 from openai_server import OpenAIServer  # tests/ is on sys.path under pytest's default import mode
 
@@ -162,7 +157,7 @@ KILL_SCRIPT = textwrap.dedent(
     import sys
     sys.path.insert(0, "tests")
     from llama_index.llms.openai import OpenAI
-    from llama_index_lancedb_tuning.generate import generate_llm_pairs
+    from llama_index_lancedb_tuning.llm_pairs import generate_llm_pairs
     from test_generate import make_nodes
     llm = OpenAI(model="gpt-4o-mini", api_key="sk-test", api_base=sys.argv[1], max_retries=0, timeout=5)
     generate_llm_pairs(make_nodes(40), llm, sys.argv[2], max_concurrency=2, show_progress=False)
