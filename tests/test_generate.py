@@ -277,3 +277,22 @@ def test_load_documents_errors(tmp_path):
     (tmp_path / "blank.txt").write_text("  \n")
     with pytest.raises(TuningError, match="no readable text"):
         load_documents(tmp_path)
+
+
+def test_unwritable_out_is_one_clear_line_before_any_request(server, tmp_path, capsys):
+    from llama_index_lancedb_tuning.cli import main
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the output folder should be")  # unwritable even for root
+    with pytest.raises(TuningError, match=r"^cannot write pairs progress to .*not-a-dir.*; choose another --out$"):
+        generate_llm_pairs(make_nodes(2), client(server), blocker / "pairs.json", **FAST)
+    assert server.requests == []  # refused before any LLM call was paid for
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text(" ".join(f"Sentence {j} explains why glaciers move in winter number {j}." for j in range(8)))
+    code = main(["generate", str(docs), "--out", str(blocker / "pairs.json"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("lancedb-tune: error: cannot write pairs to ") and "choose another --out" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
