@@ -17,15 +17,15 @@ def redact(text: str, extra_secrets: Iterable[str | None] = ()) -> str:
     Args:
         text: A message, log line or server reply.
         extra_secrets: Keys passed in code rather than through the environment; each becomes `***`.
-            Keys in SECRET_ENV variables become `<NAME>`.
+            Keys in SECRET_ENV variables become `<NAME>`, which tells the user which one to check.
     """
-    for secret in extra_secrets:
-        if secret:
-            text = text.replace(secret, "***")
     for name in SECRET_ENV:
         secret = os.environ.get(name, "")
         if len(secret) >= _MIN_ENV_SECRET_CHARS:
             text = text.replace(secret, f"<{name}>")
+    for secret in extra_secrets:
+        if secret:
+            text = text.replace(secret, "***")
     return text
 
 

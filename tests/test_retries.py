@@ -257,3 +257,8 @@ def test_the_log_filter_redacts_formatted_records(monkeypatch):
     finally:
         log.removeHandler(handler)
     assert stream.getvalue().splitlines() == ["server said bad key <CO_API_KEY> for rerank", "nothing secret here: 3"]
+
+
+def test_a_passed_key_that_is_also_in_the_environment_is_named(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    assert redact(f"bad key {SECRET}", [SECRET]) == "bad key <OPENAI_API_KEY>"
