@@ -80,7 +80,8 @@ class _BoundedCohereClient:
             raise TuningError(f"Cohere rerank at {where} failed with HTTP {exc.status_code}{tries}: {detail}; {hint}") from None
         except httpx.TimeoutException:
             raise TuningError(
-                f"Cohere rerank at {where} timed out after {self.timeout:g}s; retry later, raise the timeout, or use --reranker fusion"
+                f"Cohere rerank at {where} timed out after {self.timeout:g}s; retry later, raise the timeout, "
+                "or use --reranker fusion"
             ) from None
         except httpx.TransportError as exc:
             raise TuningError(

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llama_index.core.schema import BaseNode, MetadataMode
 from tenacity import RetryCallState
@@ -233,7 +233,7 @@ async def agenerate_llm_pairs(
 
         retrying = async_transient_retries(max_retries + 1, retry_base_delay, retry_max_delay, before_sleep=log_retry)
         try:
-            reply_text = await retrying(complete_once)
+            reply_text: str = await retrying(complete_once)
         except Exception as exc:
             if is_fatal(exc):
                 raise TuningError(
@@ -299,7 +299,7 @@ def llm_from_spec(spec: str) -> LLM | None:
             raise TuningError("OPENAI_API_KEY is not set; export it, or generate without an LLM with --llm offline")
         api_base = os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
         # Retries happen in generate_llm_pairs, with jitter; stacking the SDK's on top multiplies waits.
-        kwargs = {"model": model, "api_key": api_key, "api_base": api_base, "max_retries": 0, "timeout": 120.0}
+        kwargs: dict[str, Any] = {"model": model, "api_key": api_key, "api_base": api_base, "max_retries": 0, "timeout": 120.0}
         llm = OpenAI(**kwargs)
         try:
             llm.metadata  # the OpenAI class only knows OpenAI's own model names

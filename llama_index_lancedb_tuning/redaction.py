@@ -23,9 +23,9 @@ def redact(text: str, extra_secrets: Iterable[str | None] = ()) -> str:
         secret = os.environ.get(name, "")
         if len(secret) >= _MIN_ENV_SECRET_CHARS:
             text = text.replace(secret, f"<{name}>")
-    for secret in extra_secrets:
-        if secret:
-            text = text.replace(secret, "***")
+    for passed in extra_secrets:
+        if passed:
+            text = text.replace(passed, "***")
     return text
 
 

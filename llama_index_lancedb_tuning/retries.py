@@ -175,11 +175,14 @@ def retry_commit_conflicts(commit: Callable[[], T], refresh: Callable[[], object
             "or write from one process at a time"
         ) from None
 
+    def refresh_before_retry(retry_state: RetryCallState) -> None:
+        refresh()
+
     retrying = Retrying(
         stop=stop_after_attempt(attempts),
         wait=_commit_backoff,
         retry=retry_if_exception(_is_commit_conflict),
-        before_sleep=lambda _: refresh(),
+        before_sleep=refresh_before_retry,
         retry_error_callback=give_up,
     )
     return retrying(commit)

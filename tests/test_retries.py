@@ -32,7 +32,7 @@ REQUEST = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
 SECRET = "sk-test-NEVER-PRINT-7f3a9c"
 
 
-def openai_status_error(cls: type[openai.APIStatusError], status: int, headers: dict[str, str] | None = None) -> openai.APIStatusError:
+def openai_status_error(cls: type[openai.APIStatusError], status: int, headers: dict[str, str] | None = None) -> Exception:
     return cls("refused", response=httpx.Response(status, request=REQUEST, headers=headers), body=None)
 
 
@@ -95,7 +95,16 @@ def test_status_codes_and_timeouts_are_read_from_each_sdk():
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("3", 3.0), ("0.5", 0.5), ("0", 0.0), (None, None), ("Wed, 21 Oct 2015 07:28:00 GMT", None), ("-1", None), ("nan", None), ("inf", None)],
+    [
+        ("3", 3.0),
+        ("0.5", 0.5),
+        ("0", 0.0),
+        (None, None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+        ("-1", None),
+        ("nan", None),
+        ("inf", None),
+    ],
 )
 def test_retry_after_parsing(value, seconds):
     assert parse_retry_after(value) == seconds
