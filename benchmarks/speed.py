@@ -6,7 +6,7 @@ Three comparisons, each reported as a ratio (anchor seconds / our seconds):
   on the same (query, passage) pairs, same base model, epochs and batch size; both models are
   scored on the same held-out queries (vector hit@k, same index procedure). The engine runs
   in a subprocess of `.venv-bench` (llama-index-finetuning would downgrade packages this
-  project needs, so it lives in its own venv; see docs/scaling.md).
+  project needs, so it lives in its own venv, built by benchmarks/anchor_env.sh).
 - evaluation: `evaluate_retrievers` (batched) vs a loop of LlamaIndex's `RetrieverEvaluator`
   (hit_rate, mrr) over the same retrievers and queries; hit-rates must agree.
 - ingest: `LanceDBIndex.build` with each encoder backend (torch, ONNX Runtime fp32 and int8;
@@ -143,7 +143,7 @@ def main() -> None:
             log(f"{len(pairs)} training pairs, {len(val_ds)} validation queries")
 
             if not BENCH_PYTHON.exists():
-                raise SystemExit(f"{BENCH_PYTHON} missing: python -m venv .venv-bench && .venv-bench/bin/pip install torch 'sentence-transformers[train]' llama-index-finetuning 'mistralai<2'")
+                raise SystemExit(f"{BENCH_PYTHON} missing: run `bash benchmarks/anchor_env.sh` to build it (pinned CPU torch first)")
             env = {**os.environ, "PYTHONWARNINGS": "ignore"}
             if args.threads:
                 env["OMP_NUM_THREADS"] = str(args.threads)

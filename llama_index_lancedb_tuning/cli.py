@@ -105,7 +105,8 @@ def _run_config(args: argparse.Namespace):
 def _generate(args: argparse.Namespace) -> int:
     from .chunking import chunk_corpus, model_tokenizer
     from .documents import load_documents
-    from .generate import generate_llm_pairs, generate_offline_pairs, llm_from_spec
+    from .llm_pairs import generate_llm_pairs, llm_from_spec
+    from .offline_pairs import generate_offline_pairs
     from .models import resolve_model
 
     documents = load_documents(args.docs)

@@ -193,7 +193,8 @@ def training_data(
         return train, test, False
     if config.pairs not in ("offline", "llm"):
         raise TuningError(f"unknown --pairs '{config.pairs}'; use labeled, offline or llm")
-    from .generate import generate_llm_pairs, generate_offline_pairs, llm_from_spec
+    from .llm_pairs import generate_llm_pairs, llm_from_spec
+    from .offline_pairs import generate_offline_pairs
 
     pairs_path = out / "pairs.json"
     if pairs_path.exists():

@@ -349,7 +349,7 @@ def test_openai_key_never_reaches_output_logs_reports_or_errors(tmp_path, docs_d
 
     from llama_index_lancedb_tuning.chunking import chunk_corpus, model_tokenizer
     from llama_index_lancedb_tuning.documents import load_documents
-    from llama_index_lancedb_tuning.generate import generate_llm_pairs, llm_from_spec
+    from llama_index_lancedb_tuning.llm_pairs import generate_llm_pairs, llm_from_spec
     from llama_index_lancedb_tuning.models import resolve_model
 
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)

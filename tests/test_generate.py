@@ -18,14 +18,9 @@ from llama_index.llms.openai import OpenAI
 from llama_index_lancedb_tuning.dataset import QADataset
 from llama_index_lancedb_tuning.documents import load_documents
 from llama_index_lancedb_tuning.errors import TuningError
-from llama_index_lancedb_tuning.generate import (
-    generate_llm_pairs,
-    generate_offline_pairs,
-    llm_from_spec,
-    parse_questions,
-    progress_path,
-    source_node_id,
-)
+from llama_index_lancedb_tuning.llm_pairs import generate_llm_pairs, llm_from_spec, parse_questions
+from llama_index_lancedb_tuning.offline_pairs import generate_offline_pairs, source_node_id
+from llama_index_lancedb_tuning.progress_file import progress_path
 
 from openai_server import OpenAIServer  # tests/ is on sys.path under pytest's default import mode
 
@@ -163,7 +158,7 @@ KILL_SCRIPT = textwrap.dedent(
     import sys
     sys.path.insert(0, "tests")
     from llama_index.llms.openai import OpenAI
-    from llama_index_lancedb_tuning.generate import generate_llm_pairs
+    from llama_index_lancedb_tuning.llm_pairs import generate_llm_pairs
     from test_generate import make_nodes
     llm = OpenAI(model="gpt-4o-mini", api_key="sk-test", api_base=sys.argv[1], max_retries=0, timeout=5)
     generate_llm_pairs(make_nodes(40), llm, sys.argv[2], max_concurrency=2, show_progress=False)
@@ -283,3 +278,22 @@ def test_load_documents_errors(tmp_path):
     (tmp_path / "blank.txt").write_text("  \n")
     with pytest.raises(TuningError, match="no readable text"):
         load_documents(tmp_path)
+
+
+def test_unwritable_out_is_one_clear_line_before_any_request(server, tmp_path, capsys):
+    from llama_index_lancedb_tuning.cli import main
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the output folder should be")  # unwritable even for root
+    with pytest.raises(TuningError, match=r"^cannot write pairs progress to .*not-a-dir.*; choose another --out$"):
+        generate_llm_pairs(make_nodes(2), client(server), blocker / "pairs.json", **FAST)
+    assert server.requests == []  # refused before any LLM call was paid for
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text(" ".join(f"Sentence {j} explains why glaciers move in winter number {j}." for j in range(8)))
+    code = main(["generate", str(docs), "--out", str(blocker / "pairs.json"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("lancedb-tune: error: cannot write pairs to ") and "choose another --out" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
