@@ -49,11 +49,6 @@ class InvalidSetting(TuningError):
         return TuningError(self.template.format(*map(name_of, self.field_names)))
 
 
-def setting(default: Any, help: str, flag: str | None = None) -> Any:
-    """A dataclass field with its help text; `flag` makes it a CLI option."""
-    return field(default=default, metadata={"help": help, "flag": flag})
-
-
 @dataclass(frozen=True)
 class RerankerSpec:
     """A parsed `--reranker` value: `fusion`, `cohere[:MODEL]` or `cross-encoder:PATH`."""
@@ -108,30 +103,47 @@ def _validate(config: Any, cls: type, at_least: dict[str, float] | None = None, 
 class ChunkingConfig:
     """How documents are split into nodes, in the embedding model's tokens."""
 
-    chunk_size: int = setting(128, "node size in model tokens", "--chunk-size")
-    chunk_overlap: int = setting(16, "tokens shared by neighbouring nodes", "--chunk-overlap")
-    fix_glued_words: bool = setting(True, "re-space words PDF extraction ran together (data.split_glued_words)", "--keep-glued-words")
+    chunk_size: int = field(default=128, metadata={"help": "node size in model tokens", "flag": "--chunk-size"})
+    chunk_overlap: int = field(default=16, metadata={"help": "tokens shared by neighbouring nodes", "flag": "--chunk-overlap"})
+    fix_glued_words: bool = field(
+        default=True,
+        metadata={"help": "re-space words PDF extraction ran together (data.split_glued_words)", "flag": "--keep-glued-words"},
+    )
 
     def __post_init__(self) -> None:
         _validate(self, ChunkingConfig, at_least={"chunk_size": 1, "chunk_overlap": 0})
         if self.chunk_overlap >= self.chunk_size:
-            raise InvalidSetting(f"{{0}} ({self.chunk_overlap}) must be smaller than {{1}} ({self.chunk_size})", "chunk_overlap", "chunk_size")
+            raise InvalidSetting(
+                f"{{0}} ({self.chunk_overlap}) must be smaller than {{1}} ({self.chunk_size})", "chunk_overlap", "chunk_size"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
 class SearchConfig:
     """How the five query types search and how deep they are scored."""
 
-    k: int = setting(5, "hit-rate@k and MRR@k: results per query", "--k")
-    reranker: RerankerSpec | str = setting(RerankerSpec(), "reranker for the reranked types: fusion (offline), cohere[:MODEL], cross-encoder:PATH", "--reranker")
-    hybrid: HybridFusion = setting("rrf", "LanceDB fusion of the vector and full-text legs for hybrid search", "--hybrid")
-    rrf_k: int = setting(DEFAULT_RRF_K, "RRF constant of the hybrid fusion")
-    overfetch: int = setting(RERANK_OVERFETCH, "reranked types rerank overfetch × k candidates")
-    hybrid_overfetch: int = setting(HYBRID_OVERFETCH, "hybrid fuses hybrid_overfetch × k rows of each leg")
-    backend: Backend = setting(
-        "torch",
-        "encoder runtime for indexing and queries: torch, onnx (ONNX Runtime, same vectors), onnx-int8 (faster, slightly less exact; needs the [onnx] extra)",
-        "--backend",
+    k: int = field(default=5, metadata={"help": "hit-rate@k and MRR@k: results per query", "flag": "--k"})
+    reranker: RerankerSpec | str = field(
+        default=RerankerSpec(),
+        metadata={
+            "help": "reranker for the reranked types: fusion (offline), cohere[:MODEL], cross-encoder:PATH",
+            "flag": "--reranker",
+        },
+    )
+    hybrid: HybridFusion = field(
+        default="rrf", metadata={"help": "LanceDB fusion of the vector and full-text legs for hybrid search", "flag": "--hybrid"}
+    )
+    rrf_k: int = field(default=DEFAULT_RRF_K, metadata={"help": "RRF constant of the hybrid fusion"})
+    overfetch: int = field(default=RERANK_OVERFETCH, metadata={"help": "reranked types rerank overfetch × k candidates"})
+    hybrid_overfetch: int = field(
+        default=HYBRID_OVERFETCH, metadata={"help": "hybrid fuses hybrid_overfetch × k rows of each leg"}
+    )
+    backend: Backend = field(
+        default="torch",
+        metadata={
+            "help": "encoder runtime for indexing and queries: torch, onnx (ONNX Runtime, same vectors), onnx-int8 (faster, slightly less exact; needs the [onnx] extra)",
+            "flag": "--backend",
+        },
     )
 
     def __post_init__(self) -> None:
@@ -146,32 +158,52 @@ class FinetuneConfig:
     Inside a `RunConfig`, `k` and `seed` are the run's.
     """
 
-    base_model: str | None = setting(None, "HF id or local path of the model to tune (default: bundled all-MiniLM-L6-v2)", "--base-model")
-    epochs: int = setting(4, "training epochs", "--epochs")
-    batch_size: int = setting(32, "pairs per batch; the others in a batch are each pair's negatives", "--batch-size")
-    learning_rate: float = setting(1e-4, "peak learning rate", "--lr")
-    warmup_ratio: float = setting(0.1, "fraction of the steps spent warming the learning rate up")
-    loss: LossName = setting("mnrl", "mnrl, cached_mnrl (less memory) or gist (the base model masks false negatives)", "--loss")
-    positives: PositiveChoice = setting("best", "per query, the node the model ranks first (best) or every node of its document (all)")
-    hard_negatives: int = setting(0, "mined hard negatives per pair (0: none)", "--hard-negatives")
-    val_fraction: float = setting(0.2, "fraction of the training queries carved off to pick the best epoch (0: none)")
-    seed: int = setting(42, "seed of the validation split and the trainer")
-    k: int = setting(5, "k of the validation metrics")
-    show_progress: bool = setting(True, "training progress bars")
-    eval_each_epoch: bool = setting(
-        True,
-        "validate before training and after each epoch to pick the best epoch; False: once at the end, "
-        "since validation encodes the whole corpus, which costs more than a training epoch on small data",
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "HF id or local path of the model to tune (default: bundled all-MiniLM-L6-v2)", "flag": "--base-model"},
     )
-    freeze_passages: bool = setting(
-        False,
-        "tune the query side only, against the base model's passage vectors: an index built with the base model stays valid "
-        "(see QueryOnlyLoss)",
+    epochs: int = field(default=4, metadata={"help": "training epochs", "flag": "--epochs"})
+    batch_size: int = field(
+        default=32, metadata={"help": "pairs per batch; the others in a batch are each pair's negatives", "flag": "--batch-size"}
     )
-    refit: bool = setting(
-        True,
-        "once validation picked the best epoch, train a fresh base model on every training query, validation ones included, "
-        "for that many epochs (the validation fifth covers documents the rest does not; needs eval_each_epoch)",
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate", "flag": "--lr"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of the steps spent warming the learning rate up"})
+    loss: LossName = field(
+        default="mnrl",
+        metadata={"help": "mnrl, cached_mnrl (less memory) or gist (the base model masks false negatives)", "flag": "--loss"},
+    )
+    positives: PositiveChoice = field(
+        default="best", metadata={"help": "per query, the node the model ranks first (best) or every node of its document (all)"}
+    )
+    hard_negatives: int = field(
+        default=0, metadata={"help": "mined hard negatives per pair (0: none)", "flag": "--hard-negatives"}
+    )
+    val_fraction: float = field(
+        default=0.2, metadata={"help": "fraction of the training queries carved off to pick the best epoch (0: none)"}
+    )
+    seed: int = field(default=42, metadata={"help": "seed of the validation split and the trainer"})
+    k: int = field(default=5, metadata={"help": "k of the validation metrics"})
+    show_progress: bool = field(default=True, metadata={"help": "training progress bars"})
+    eval_each_epoch: bool = field(
+        default=True,
+        metadata={
+            "help": "validate before training and after each epoch to pick the best epoch; False: once at the end, "
+            "since validation encodes the whole corpus, which costs more than a training epoch on small data"
+        },
+    )
+    freeze_passages: bool = field(
+        default=False,
+        metadata={
+            "help": "tune the query side only, against the base model's passage vectors: an index built with the base model stays valid "
+            "(see QueryOnlyLoss)"
+        },
+    )
+    refit: bool = field(
+        default=True,
+        metadata={
+            "help": "once validation picked the best epoch, train a fresh base model on every training query, validation ones included, "
+            "for that many epochs (the validation fifth covers documents the rest does not; needs eval_each_epoch)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -203,16 +235,20 @@ class RunConfig(SearchConfig, ChunkingConfig):
     `k` and `seed` are given once, here: the fine-tuning's copies are set from them.
     """
 
-    test_size: float = setting(0.2, "fraction of the labeled queries held out as test queries", "--test-size")
-    seed: int = setting(42, "seed of the test split, generated pairs and training", "--seed")
-    pairs: PairsSource = setting(
-        "labeled",
-        "where training pairs come from (default: labeled for a labeled CSV, offline with --queries, llm with --llm)",
-        "--pairs",
+    test_size: float = field(
+        default=0.2, metadata={"help": "fraction of the labeled queries held out as test queries", "flag": "--test-size"}
     )
-    llm: str | None = setting(None, "openai:MODEL or ollama:MODEL, for --pairs llm", "--llm")
+    seed: int = field(default=42, metadata={"help": "seed of the test split, generated pairs and training", "flag": "--seed"})
+    pairs: PairsSource = field(
+        default="labeled",
+        metadata={
+            "help": "where training pairs come from (default: labeled for a labeled CSV, offline with --queries, llm with --llm)",
+            "flag": "--pairs",
+        },
+    )
+    llm: str | None = field(default=None, metadata={"help": "openai:MODEL or ollama:MODEL, for --pairs llm", "flag": "--llm"})
     # Annotated as always present: None is only an input, replaced at construction.
-    finetune: FinetuneConfig = setting(None, "fine-tuning settings (None: recommended_finetune(pairs))")
+    finetune: FinetuneConfig = field(default=None, metadata={"help": "fine-tuning settings (None: recommended_finetune(pairs))"})
 
     def __post_init__(self) -> None:
         ChunkingConfig.__post_init__(self)
