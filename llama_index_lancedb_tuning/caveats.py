@@ -22,8 +22,9 @@ def queries_for_half_width(half_width: float, rate: float = TYPICAL_RATE) -> int
     return math.ceil(_Z95**2 * rate * (1 - rate) / half_width**2)
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """`1 document`, `2 documents`; `words` for an irregular plural."""
+    return f"{n} {word}" if n == 1 else f"{n} {words or word + 's'}"
 
 
 def sample_size_warnings(n_test: int, n_val: int | None) -> list[str]:
@@ -31,7 +32,7 @@ def sample_size_warnings(n_test: int, n_val: int | None) -> list[str]:
     least, wanted = queries_for_half_width(MEANINGFUL_HALF_WIDTH), queries_for_half_width(WANTED_HALF_WIDTH)
     sets = [("test set", n_test), ("validation set", n_val)]
     return [
-        f"the {name} has only {plural(n, 'query')}: its hit rates are too uncertain to compare; "
+        f"the {name} has only {plural(n, 'query', 'queries')}: its hit rates are too uncertain to compare; "
         f"a 95% interval of ±{WANTED_HALF_WIDTH:.2f} on a rate near {TYPICAL_RATE} needs about {wanted} queries"
         for name, n in sets
         if n is not None and n < least

@@ -11,11 +11,12 @@ import logging
 import sys
 import textwrap
 from collections.abc import Sequence
-from dataclasses import MISSING, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
+from .caveats import plural
 from .config import ChunkingConfig, FinetuneConfig, InvalidSetting, RunConfig, SearchConfig, recommended_finetune
 from .errors import TuningError
 
@@ -57,24 +58,24 @@ def _recipe_default(name: str) -> str:
 def _add_fields(parser: argparse.ArgumentParser, cls: type, names: Sequence[str] | None = None, recipe: bool = False) -> None:
     """Options for `cls`'s fields that carry a `flag` (dest: the field name), typed and with choices from the annotation.
 
-    `recipe`: fine-tuning fields default to None, meaning recommended_finetune(pairs)'s value.
+    `recipe`: the help shows the defaults of recommended_finetune, which depend on the source of pairs.
     """
     hints = get_type_hints(cls)
     for f in fields(cls):
         flag = f.metadata.get("flag")
         if flag is None or (names is not None and f.name not in names):
             continue
+        # default None: a flag not given leaves the config's own default.
         kind, help_text = hints[f.name], f.metadata["help"]
         if kind is bool:
             action = "store_false" if f.default else "store_true"
             state = "on by default; this flag turns it off" if f.default else "off by default; this flag turns it on"
-            parser.add_argument(flag, dest=f.name, action=action, help=f"{help_text} ({state})")
+            parser.add_argument(flag, dest=f.name, action=action, default=None, help=f"{help_text} ({state})")
             continue
         if get_origin(kind) in (Union, UnionType):  # `str | None`: the flag takes a str
             kind = next(a for a in get_args(kind) if a is not type(None))
-        default = None if recipe else (str(f.default) if f.default is not MISSING and f.default is not None else None)
         shown = _recipe_default(f.name) if recipe else ("none" if f.default is None else str(f.default))
-        options: dict[str, Any] = {"dest": f.name, "default": default, "help": _with_default(help_text, shown)}
+        options: dict[str, Any] = {"dest": f.name, "default": None, "help": _with_default(help_text, shown)}
         if get_origin(kind) is Literal:
             options["choices"] = get_args(kind)
         else:
@@ -187,13 +188,6 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         raise exc.worded(_flag_of) from None
 
 
-def _chunking_config(args: argparse.Namespace) -> ChunkingConfig:
-    try:
-        return ChunkingConfig(**_config_values(args, ChunkingConfig))
-    except InvalidSetting as exc:
-        raise exc.worded(_flag_of) from None
-
-
 def _check_labeled_file(path: str, command: str) -> None:
     """A readable labeled CSV or JSON file, checked before the loaders (and torch) are imported."""
     target = Path(path)
@@ -245,22 +239,23 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    chunking = _chunking_config(args)
+    config = _run_config(args)  # its chunking and seed
     _check_inputs(args)
     from .data import load_documents
     from .generate import generate_llm_pairs, generate_offline_pairs, llm_from_spec
     from .pipeline import build_nodes
 
     documents = load_documents(args.docs)
-    nodes = build_nodes(documents, args.base_model, chunking)
+    nodes = build_nodes(documents, args.base_model, config)
     llm = llm_from_spec(args.llm)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if llm is None:
-        pairs = generate_offline_pairs(nodes, seed=args.seed)
+        pairs = generate_offline_pairs(nodes, seed=config.seed)
         pairs.save_json(args.out)
     else:
         pairs = generate_llm_pairs(nodes, llm, args.out, args.questions_per_chunk, max_concurrency=args.max_concurrency, show_progress=not args.quiet)
-    print(f"{len(pairs)} training pairs from {len(nodes)} nodes of {len(documents)} documents -> {args.out}")
+    counts = f"{plural(len(pairs), 'training pair')} from {plural(len(nodes), 'node')} of {plural(len(documents), 'document')}"
+    print(f"{counts} -> {args.out}")
     return 0
 
 

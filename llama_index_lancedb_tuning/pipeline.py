@@ -102,6 +102,7 @@ def locked_output(out: Path) -> Iterator[None]:
     """Create `out` and hold its lock: a second run into the same directory is refused while this one runs."""
     if out.exists() and not out.is_dir():
         raise TuningError(f"--out {out} is a file; pass a directory for the report")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -115,6 +116,8 @@ def locked_output(out: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+        if created and all(p.name == _LOCK_FILE for p in out.iterdir()):
+            shutil.rmtree(out)  # a run that failed before writing anything leaves no directory behind
 
 
 def _clear(out: Path) -> None:
@@ -141,6 +144,7 @@ def prepare_output(out: Path, force: bool, settings: dict | None = None) -> None
                 "pass --force to start over, or choose another --out"
             )
         _clear(out)  # nothing cached yet, or forced: start over
+    out.mkdir(parents=True, exist_ok=True)
     if settings is not None and not settings_path.exists():
         write_json(settings_path, settings, indent=2)  # cached stages below are only reused for these settings
 
@@ -168,7 +172,7 @@ def check_settings(dataset: QADataset, model: str | None, config: RunConfig, spl
     n = len(dataset)
     if splits and math.ceil(config.test_size * n) >= n:
         raise TuningError(
-            f"only {plural(n, 'query')}: too few to hold out test queries and train on the rest; add labeled rows "
+            f"only {plural(n, 'query', 'queries')}: too few to hold out test queries and train on the rest; add labeled rows "
             f"(at least {queries_for_half_width(MEANINGFUL_HALF_WIDTH)} test queries make a hit rate worth comparing)"
         )
     n_docs = len(dataset.corpus)
@@ -192,7 +196,7 @@ def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> 
     warnings = "".join(f"> **Warning:** {w}\n\n" for w in report.get("warnings", []))
     (out / "report.md").write_text(
         f"# Retrieval before and after fine-tuning\n\nbase model: `{report['base_model']}` · tuned model: "
-        f"`{report['tuned_model']}` · {plural(report['dataset']['n_test_queries'], 'held-out query')} · k={k}\n\n{warnings}{table}\n"
+        f"`{report['tuned_model']}` · {plural(report['dataset']['n_test_queries'], 'held-out query', 'held-out queries')} · k={k}\n\n{warnings}{table}\n"
     )
     # report.json last: its presence marks the run finished.
     write_json(out / "report.json", report, indent=2)
