@@ -16,6 +16,7 @@ from llama_index.core.response_synthesizers import get_response_synthesizer
 from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.schema import BaseNode, Document, NodeWithScore
 
+from .config import ChunkingConfig
 from .data import chunk_corpus
 from .errors import TuningError
 from .encoding import load_embed_model
@@ -70,9 +71,9 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         similarity_top_k: int = 5,
         llm: LLM | None = None,
         mode: TableMode = "create",
-        chunk_size: int = 128,
-        chunk_overlap: int = 16,
-        fix_glued_words: bool = True,
+        chunk_size: int = ChunkingConfig.chunk_size,
+        chunk_overlap: int = ChunkingConfig.chunk_overlap,
+        fix_glued_words: bool = ChunkingConfig.fix_glued_words,
         hybrid_fusion: str = "rrf",
         storage_options: dict[str, str] | None = None,
         show_progress: bool = False,

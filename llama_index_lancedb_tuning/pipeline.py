@@ -44,16 +44,15 @@ def score_model(
     label: str,
     nodes: list[TextNode],
     test: QADataset,
-    out: Path,
+    uri: str,
     table_name: str,
     config: RunConfig,
     timings: dict[str, float],
 ) -> list[EvalResult]:
-    """Index `nodes` with `model` into a fresh table of `out/lancedb` and score the five query types on `test`.
+    """Index `nodes` with `model` into a fresh table and score the five query types on `test`.
 
     Adds the seconds spent to `timings["index"]` and `timings["evaluate"]`.
     """
-    uri = claim_table(out, table_name)
     t = time.perf_counter()
     index = LanceDBIndex.build(nodes, load_embed_model(model, backend=config.backend), uri=uri, table_name=table_name, mode="overwrite")
     timings["index"] = round(timings.get("index", 0.0) + time.perf_counter() - t, 2)
@@ -66,19 +65,20 @@ def score_model(
     return results
 
 
-def claim_table(out: Path, table_name: str) -> str:
-    """The LanceDB uri for a table this tool may overwrite: one it created in `out`, or none yet there.
+def claim_tables(out: Path, table_names: list[str]) -> str:
+    """The LanceDB uri under `out` where these tables may be overwritten: each was created there
+    by this tool, or is not there yet.
 
-    The tables it created are recorded in `out/tables.json` before they are written, so a table
+    The tables it creates are recorded in `out/tables.json` before they are written, so a table
     a user keeps in `out/lancedb` is never replaced.
     """
     uri = out / "lancedb"
     owned = read_json(out / _TABLES_FILE) or []
-    if table_name not in owned:
+    for name in table_names:
         # A local LanceDB table is the directory NAME.lance under the uri.
-        if (uri / f"{table_name}.lance").exists():
-            raise TuningError(f"{uri} already holds a table '{table_name}' that lancedb-tune did not create; choose another --out")
-        write_json(out / _TABLES_FILE, [*owned, table_name])
+        if name not in owned and (uri / f"{name}.lance").exists():
+            raise TuningError(f"{uri} already holds a table '{name}' that lancedb-tune did not create; choose another --out")
+    write_json(out / _TABLES_FILE, sorted({*owned, *table_names}))
     return str(uri)
 
 
@@ -270,12 +270,14 @@ def tune_and_evaluate(
     check_settings(dataset, config.finetune.base_model, config, splits=config.pairs == "labeled" and split is None)
     with locked_output(out):
         prepare_output(out, force, run_settings(dataset, config, documents, split))
-        return _tune_and_evaluate(dataset, out, config, documents, dataset_path, resume, split)
+        uri = claim_tables(out, ["baseline", "tuned"])
+        return _tune_and_evaluate(dataset, out, uri, config, documents, dataset_path, resume, split)
 
 
 def _tune_and_evaluate(
     dataset: QADataset,
     out: Path,
+    uri: str,
     config: RunConfig,
     documents: dict[str, str] | None,
     dataset_path: str,
@@ -296,7 +298,7 @@ def _tune_and_evaluate(
 
     baseline = _cached_results(out / "baseline_results.json")
     if baseline is None:
-        baseline = score_model(base, "baseline", nodes, test, out, "baseline", config, timings)
+        baseline = score_model(base, "baseline", nodes, test, uri, "baseline", config, timings)
         _save_results(out / "baseline_results.json", baseline)
 
     model_dir = out / "model"
@@ -306,7 +308,7 @@ def _tune_and_evaluate(
         EmbeddingFinetuner(tuning).fit(train, model_dir, None if node_level else nodes, resume=resume)
     timings["finetune"] = round(time.perf_counter() - t, 2)
 
-    tuned = score_model(str(model_dir), "tuned", nodes, test, out, "tuned", config, timings)
+    tuned = score_model(str(model_dir), "tuned", nodes, test, uri, "tuned", config, timings)
     with_significance(baseline, tuned)
     timings["total"] = round(time.perf_counter() - t0, 2)
 
@@ -355,11 +357,12 @@ def evaluate_model(
     check_settings(dataset, model, config)
     with locked_output(out):
         prepare_output(out, force)
+        uri = claim_tables(out, ["model"])
         t0 = time.perf_counter()
         warnings = _warn(sample_size_warnings(len(dataset), None))
         nodes = build_nodes(dataset.corpus, model, config)
         timings: dict[str, float] = {}
-        results = score_model(model, "model", nodes, dataset, out, "model", config, timings)
+        results = score_model(model, "model", nodes, dataset, uri, "model", config, timings)
         report = {
             "k": config.k,
             "base_model": model or DEFAULT_MODEL,
