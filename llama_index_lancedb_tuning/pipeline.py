@@ -116,8 +116,8 @@ def locked_output(out: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
-        if created and all(p.name == _LOCK_FILE for p in out.iterdir()):
-            shutil.rmtree(out)  # a run that failed before writing anything leaves no directory behind
+        if created and all(p.name in (_LOCK_FILE, _TABLES_FILE, "settings.json") for p in out.iterdir()):
+            shutil.rmtree(out)  # a run that failed before any stage finished leaves no directory behind
 
 
 def _clear(out: Path) -> None:
