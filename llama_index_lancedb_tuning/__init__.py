@@ -25,7 +25,8 @@ _EXPORTS = {
     "chunking": ["chunk_corpus", "model_tokenizer", "split_glued_words"],
     "llm_pairs": ["generate_llm_pairs", "llm_from_spec"],
     "offline_pairs": ["generate_offline_pairs"],
-    "finetune": ["EmbeddingFinetuner", "FinetuneConfig", "FinetuneResult"],
+    "config": ["ChunkingConfig", "FinetuneConfig", "RerankerSpec", "RunConfig", "SearchConfig"],
+    "finetune": ["EmbeddingFinetuner", "FinetuneResult"],
     "encoding": ["embed_queries", "embed_texts", "load_embed_model"],
     "store": ["connect", "ensure_fts_index", "ensure_vector_index", "open_table", "write_nodes"],
     "retrievers": ["LanceDBRetriever", "RerankedRetriever"],
@@ -35,7 +36,7 @@ _EXPORTS = {
     "metrics": ["EvalResult", "bootstrap_ci", "mcnemar_p"],
     "evaluate": ["evaluate_retriever", "evaluate_retrievers"],
     "report": ["comparison_plot", "comparison_table"],
-    "pipeline": ["RunConfig", "evaluate_model", "tune_and_evaluate"],
+    "pipeline": ["build_nodes", "evaluate_model", "tune_and_evaluate"],
     "pack": ["FinetunedLanceDBRetrieverPack", "write_pack_source"],
     "models": ["DEFAULT_MODEL", "resolve_model"],
 }

@@ -1,171 +1,267 @@
-"""`lancedb-tune`: run the whole loop, or score one model, from the command line."""
+"""`lancedb-tune`: run the whole loop, or score one model, from the command line.
+
+Arguments and files are checked here, before torch and sentence-transformers are imported,
+so a mistake is answered in a fraction of a second.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
+from dataclasses import fields, replace
+from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
+from .wording import counted
+from .config import ChunkingConfig, FinetuneConfig, InvalidSetting, RunConfig, SearchConfig, recommended_finetune
 from .errors import TuningError
+from .redaction import RedactSecrets, redact
+
+_EXAMPLES = {
+    "run": "example:\n  lancedb-tune run examples/sample_qa.csv --out runs/sample\n"
+    "  lancedb-tune run docs/ --queries labels.csv --out runs/docs --pairs offline",
+    "evaluate": "example:\n  lancedb-tune evaluate examples/sample_qa.csv --model runs/sample/model --out runs/sample-eval",
+    "generate": "example:\n  lancedb-tune generate docs/ --out pairs.json --llm offline",
+    "download-pack": "example:\n  lancedb-tune download-pack my_pack/",
+}
 
 
-def _add_chunking(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--chunk-size", type=int, default=128, help="node size in model tokens (default 128)")
-    p.add_argument("--chunk-overlap", type=int, default=16)
-    p.add_argument("--keep-glued-words", dest="fix_glued_words", action="store_false",
-                   help="index the text as extracted; by default words PDF extraction ran together are re-spaced")
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def _with_default(text: str, default: Any) -> str:
+    return text if "(default" in text else f"{text} (default: {default})"
+
+
+def _flag_of(name: str) -> str:
+    """The CLI option for a config field, or the field's own name where it has none."""
+    for cls in (RunConfig, FinetuneConfig):
+        for f in fields(cls):
+            if f.name == name and f.metadata.get("flag"):
+                return f.metadata["flag"]
+    return name
+
+
+def _recipe_default(name: str) -> str:
+    """A fine-tuning default as the help shows it: it depends on the source of pairs."""
+    labeled, generated = getattr(recommended_finetune("labeled"), name), getattr(recommended_finetune("offline"), name)
+    return str(labeled) if labeled == generated else f"{labeled} for labeled pairs, {generated} for offline/llm pairs"
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type, names: Sequence[str] | None = None, recipe: bool = False) -> None:
+    """Options for `cls`'s fields that carry a `flag` (dest: the field name), typed and with choices from the annotation.
+
+    `recipe`: the help shows the defaults of recommended_finetune, which depend on the source of pairs.
+    """
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        flag = f.metadata.get("flag")
+        if flag is None or (names is not None and f.name not in names):
+            continue
+        # default None: a flag not given leaves the config's own default.
+        kind, help_text = hints[f.name], f.metadata["help"]
+        if kind is bool:
+            action = "store_false" if f.default else "store_true"
+            state = "on by default; this flag turns it off" if f.default else "off by default; this flag turns it on"
+            parser.add_argument(flag, dest=f.name, action=action, default=None, help=f"{help_text} ({state})")
+            continue
+        if get_origin(kind) in (Union, UnionType):  # `str | None`: the flag takes a str
+            kind = next(a for a in get_args(kind) if a is not type(None))
+        shown = _recipe_default(f.name) if recipe else ("none" if f.default is None else str(f.default))
+        options: dict[str, Any] = {"dest": f.name, "default": None, "help": _with_default(help_text, shown)}
+        if get_origin(kind) is Literal:
+            options["choices"] = get_args(kind)
+        else:
+            options["type"] = kind if kind in (int, float) else str
+            options["metavar"] = flag.lstrip("-").upper().replace("-", "_")
+        parser.add_argument(flag, **options)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="labeled CSV (query and context columns) or a QA dataset JSON")
-    p.add_argument("--out", required=True, help="output directory for report.md/json/png")
-    p.add_argument("--query-column", default="query")
-    p.add_argument("--context-column", default="context")
-    p.add_argument("--k", type=int, default=5, help="hit-rate@k and MRR@k (default 5)")
-    _add_chunking(p)
-    p.add_argument("--reranker", default="fusion", help="fusion (offline, default), cohere[:MODEL], cross-encoder:PATH")
-    p.add_argument("--hybrid", choices=["rrf", "linear"], default="rrf", help="LanceDB fusion for hybrid search")
-    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
-                   help="encoder runtime for indexing and queries: torch (default), onnx (ONNX Runtime, same vectors), "
-                   "onnx-int8 (faster, slightly less exact; needs the [onnx] extra)")
-    p.add_argument("--force", action="store_true", help="redo a directory that holds a finished report")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", required=True, help="run directory for report.md/json/png and the LanceDB tables (required)")
+    p.add_argument("--query-column", default="query", help=_with_default("CSV column holding the queries", "query"))
+    p.add_argument("--context-column", default="context", help=_with_default("CSV column holding the passage that answers", "context"))
+    _add_fields(p, SearchConfig)
+    _add_fields(p, ChunkingConfig)
+    p.add_argument("--force", action="store_true", help="redo a directory that holds a finished report (default: off)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
+
+
+def _subcommand(sub: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    # Raw: the examples keep their lines; the description is wrapped here.
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description, 88),
+        epilog=_EXAMPLES[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lancedb-tune", description=__doc__)
+    parser = _OneLineParser(prog="lancedb-tune", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="baseline -> fine-tune -> index -> evaluate on held-out queries")
-    _add_common(run)
-    run.add_argument("--base-model", default=None, help="HF id or local path (default: bundled all-MiniLM-L6-v2)")
-    run.add_argument("--test-size", type=float, default=0.2)
-    run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--epochs", type=int, default=None)
-    run.add_argument("--batch-size", type=int, default=None)
-    run.add_argument("--lr", type=float, default=None)
-    run.add_argument("--loss", choices=["mnrl", "cached_mnrl", "gist"], default=None)
-    run.add_argument("--hard-negatives", type=int, default=None, help="mined hard negatives per pair (0: none)")
-    run.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints left by a killed run")
-    run.add_argument(
-        "--pairs",
-        choices=["labeled", "offline", "llm"],
-        default=None,
-        help="where training pairs come from (default: labeled for a labeled CSV, else offline; llm with --llm)",
+    run = _subcommand(
+        sub,
+        "run",
+        "baseline -> fine-tune -> index -> evaluate on held-out queries",
+        "Score the base model on held-out queries, fine-tune it on the rest (or on pairs generated from documents), "
+        "score the tuned model the same way, and write report.md/json/png. A killed run resumes when rerun.",
     )
-    run.add_argument("--llm", default=None, help="openai:MODEL or ollama:MODEL, for --pairs llm")
-    run.add_argument("--queries", default=None, help="labeled CSV to evaluate on when DATA is a documents directory or file")
+    run.add_argument("data", help="labeled CSV (query and context columns), QA dataset JSON, or documents with --queries")
+    _add_common(run)
+    _add_fields(run, RunConfig, ["test_size", "seed", "pairs", "llm"])
+    _add_fields(run, FinetuneConfig, recipe=True)
+    run.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints left by a killed run (default: off)")
+    run.add_argument("--queries", default=None, help="labeled CSV to evaluate on when DATA is a documents directory or file (default: none)")
 
-    gen = sub.add_parser("generate", help="training pairs from raw documents (PDF, Markdown, text, CSV)")
+    gen = _subcommand(
+        sub,
+        "generate",
+        "training pairs from raw documents (PDF, Markdown, text, CSV)",
+        "Chunk documents in the model's tokens and write (question, passage) pairs as a QA dataset JSON, offline or "
+        "with an LLM; an interrupted LLM generation resumes from its .progress.jsonl.",
+    )
     gen.add_argument("docs", help="a documents directory or file")
-    gen.add_argument("--out", required=True, help="QA dataset JSON to write (resumes from its .progress.jsonl)")
-    gen.add_argument("--llm", default="offline", help="openai:MODEL, ollama:MODEL or offline (default)")
-    gen.add_argument("--questions-per-chunk", type=int, default=2)
-    gen.add_argument("--max-concurrency", type=int, default=4)
-    _add_chunking(gen)
+    gen.add_argument("--out", required=True, help="QA dataset JSON to write (required; resumes from its .progress.jsonl)")
+    gen.add_argument("--llm", default="offline", help=_with_default("openai:MODEL, ollama:MODEL or offline", "offline"))
+    gen.add_argument("--questions-per-chunk", type=int, default=2, help=_with_default("questions the LLM writes per node", 2))
+    gen.add_argument("--max-concurrency", type=int, default=4, help=_with_default("LLM requests in flight at once", 4))
+    _add_fields(gen, ChunkingConfig)
     gen.add_argument("--base-model", default=None, help="model whose tokenizer sizes the chunks (default: bundled MiniLM)")
-    gen.add_argument("--seed", type=int, default=42)
-    gen.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_fields(gen, RunConfig, ["seed"])
+    gen.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
 
-    dl = sub.add_parser("download-pack", help="write FinetunedLanceDBRetrieverPack's source into a folder to edit")
-    dl.add_argument("dest", help="folder to write (must be empty unless --force)")
-    dl.add_argument("--overwrite", action="store_true", help="replace the pack files in a non-empty folder")
+    dl = _subcommand(
+        sub,
+        "download-pack",
+        "write FinetunedLanceDBRetrieverPack's source into a folder to edit",
+        "Copy the pack's source files into a folder, to import from there and change freely.",
+    )
+    dl.add_argument("dest", help="folder to write (must be empty unless --overwrite)")
+    dl.add_argument("--overwrite", action="store_true", help="replace the pack files in a non-empty folder (default: off)")
 
-    ev = sub.add_parser("evaluate", help="score one model on a labeled CSV (all queries are test queries)")
+    ev = _subcommand(
+        sub,
+        "evaluate",
+        "score one model on a labeled CSV (all queries are test queries)",
+        "Index a labeled dataset's passages with one model and score the five query types on every query.",
+    )
+    ev.add_argument("data", help="labeled CSV (query and context columns) or a QA dataset JSON")
     _add_common(ev)
     ev.add_argument("--model", default=None, help="HF id or local path (default: bundled all-MiniLM-L6-v2)")
     return parser
 
 
-def _run_config(args: argparse.Namespace):
-    from dataclasses import replace
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    from .pipeline import RunConfig
+    try:
+        return version("llama-index-lancedb-tuning")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
-    config = RunConfig(k=args.k, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap, reranker=args.reranker, hybrid=args.hybrid,
-                       backend=args.backend, fix_glued_words=args.fix_glued_words)
-    if args.command == "run":
-        pairs = args.pairs or ("llm" if args.llm else "offline" if args.queries else "labeled")
-        config = replace(config, pairs=pairs, finetune=None)  # the fine-tuning defaults depend on the pairs
-        overrides = {
-            "base_model": args.base_model,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "learning_rate": args.lr,
-            "loss": args.loss,
-            "hard_negatives": args.hard_negatives,
-        }
-        config.finetune = replace(config.finetune, **{k: v for k, v in overrides.items() if v is not None}, k=args.k, seed=args.seed, show_progress=not args.quiet)
-        config.test_size, config.seed = args.test_size, args.seed
-        config.llm = args.llm
-    return config
+
+def _config_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in fields(cls) if f.metadata.get("flag") and getattr(args, f.name, None) is not None}
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    """The run's settings from the parsed flags; a value out of range is named by its flag."""
+    try:
+        values = _config_values(args, RunConfig)
+        if args.command == "run":
+            values["pairs"] = args.pairs or ("llm" if args.llm else "offline" if args.queries else "labeled")
+            tuning = replace(recommended_finetune(values["pairs"]), **_config_values(args, FinetuneConfig), show_progress=not args.quiet)
+            values["finetune"] = tuning
+        return RunConfig(**values)
+    except InvalidSetting as exc:
+        raise exc.worded(_flag_of) from None
+
+
+def _check_labeled_file(path: str, command: str) -> None:
+    """A readable labeled CSV or JSON file, checked before the loaders (and torch) are imported."""
+    target = Path(path)
+    if target.is_dir():
+        if command == "run":
+            raise TuningError(f"{path} is a documents directory; pass a labeled CSV to evaluate on with --queries")
+        raise TuningError(f"{path} is a directory; pass a labeled CSV file")
+    if not target.exists():
+        raise TuningError(f"{path}: no such file; check the path")
+    try:
+        target.open("rb").close()
+    except OSError as exc:
+        raise TuningError(f"{path}: cannot read ({exc.strerror}); check its permissions") from None
+
+
+def _check_writable_file(path: str) -> None:
+    """`path` can be written: not a directory, its nearest existing folder takes a new file."""
+    import tempfile
+
+    target = Path(path)
+    if target.is_dir():
+        raise TuningError(f"--out {path} is a directory; pass the JSON file to write")
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(20, "not a directory")
+        tempfile.TemporaryFile(dir=folder).close()  # the one sure test: permissions, read-only mounts, quotas
+    except OSError as exc:
+        raise TuningError(f"cannot write --out {path}: {folder} ({exc.strerror}); choose another --out") from None
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Files the command reads or writes, before anything heavy is imported."""
+    if args.command == "generate":
+        if not Path(args.docs).exists():
+            raise TuningError(f"{args.docs}: no such file or directory; check the path")
+        _check_writable_file(args.out)
+        return
+    if args.command == "run" and args.queries:
+        if not Path(args.data).exists():
+            raise TuningError(f"{args.data}: no such file or directory; check the path")
+        _check_labeled_file(args.queries, "evaluate")
+    else:
+        _check_labeled_file(args.data, args.command)
+    if Path(args.out).is_file():
+        raise TuningError(f"--out {args.out} is a file; pass a directory for the report")
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .chunking import chunk_corpus, model_tokenizer
+    config = _run_config(args)  # its chunking and seed
+    _check_inputs(args)
     from .documents import load_documents
     from .llm_pairs import generate_llm_pairs, llm_from_spec
     from .offline_pairs import generate_offline_pairs
-    from .models import resolve_model
+    from .pipeline import build_nodes
 
     documents = load_documents(args.docs)
-    nodes = chunk_corpus(documents, model_tokenizer(resolve_model(args.base_model)), args.chunk_size, args.chunk_overlap, args.fix_glued_words)
+    nodes = build_nodes(documents, args.base_model, config)
     llm = llm_from_spec(args.llm)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if llm is None:
-        pairs = generate_offline_pairs(nodes, seed=args.seed)
+        pairs = generate_offline_pairs(nodes, seed=config.seed)
         pairs.save_json(args.out)
     else:
         pairs = generate_llm_pairs(nodes, llm, args.out, args.questions_per_chunk, max_concurrency=args.max_concurrency, show_progress=not args.quiet)
-    print(f"{len(pairs)} training pairs from {len(nodes)} nodes of {len(documents)} documents -> {args.out}")
+    counts = f"{counted(len(pairs), 'training pair')} from {counted(len(nodes), 'node')} of {counted(len(documents), 'document')}"
+    print(f"{counts} -> {args.out}")
     return 0
 
 
-def _check_numbers(args: argparse.Namespace) -> None:
-    """Out-of-range numbers fail here, not deep inside training after the baseline was scored."""
-    limits = [("--chunk-size", args.chunk_size, 1), ("--chunk-overlap", args.chunk_overlap, 0)]
-    if args.command == "run":
-        # One pair per batch leaves MNRL no in-batch negatives: the loss is 0 and nothing is learned.
-        limits += [("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 2), ("--hard-negatives", args.hard_negatives, 0)]
-        if args.lr is not None and not args.lr > 0:
-            raise TuningError(f"--lr must be a positive number, got {args.lr}")
-    for flag, value, least in limits:
-        if value is not None and value < least:
-            raise TuningError(f"{flag} must be at least {least}, got {value}")
-    if args.chunk_overlap >= args.chunk_size:
-        raise TuningError(f"--chunk-overlap ({args.chunk_overlap}) must be smaller than --chunk-size ({args.chunk_size})")
-
-
-_SECRET_ENV = ("OPENAI_API_KEY", "COHERE_API_KEY", "CO_API_KEY")
-
-
-def _redact(text: str) -> str:
-    """Never echo an API key, even when a server quotes it back in its error."""
-    import os
-
-    for name in _SECRET_ENV:
-        secret = os.environ.get(name, "")
-        if len(secret) >= 8:
-            text = text.replace(secret, f"<{name}>")
-    return text
-
-
-class _RedactSecrets(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = _redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
-
-
 def _dispatch(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .documents import load_documents
-    from .labeled_csv import load_dataset
-    from .pipeline import evaluate_model, tune_and_evaluate
-
     if args.command == "generate":
         return _generate(args)
     if args.command == "download-pack":
@@ -173,17 +269,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(f"pack source written to {write_pack_source(args.dest, overwrite=args.overwrite)}; import it from there and edit freely")
         return 0
-    if args.k < 1:
-        raise TuningError(f"--k must be at least 1, got {args.k}")
-    _check_numbers(args)
     config = _run_config(args)
+    _check_inputs(args)
+    from .documents import load_documents
+    from .labeled_csv import load_dataset
+    from .pipeline import evaluate_model, tune_and_evaluate
+
     if args.command == "run":
         documents = None
         labeled = args.data
-        if getattr(args, "queries", None):
+        if args.queries:
             documents, labeled = load_documents(args.data), args.queries
-        elif Path(args.data).is_dir():
-            raise TuningError(f"{args.data} is a documents directory; pass a labeled CSV to evaluate on with --queries")
         dataset = load_dataset(labeled, args.query_column, args.context_column)
         report = tune_and_evaluate(dataset, args.out, config, documents, dataset_path=labeled, force=args.force, resume=not args.no_resume)
     else:
@@ -198,18 +294,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _RedactSecrets) for f in handler.filters):
-            handler.addFilter(_RedactSecrets())
+        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+            handler.addFilter(RedactSecrets())
     import os
 
-    # LanceDB's Rust logger prints a deprecation notice per hybrid query at WARN; errors still show.
-    os.environ.setdefault("LANCEDB_LOG", "error")
     if getattr(args, "quiet", False):
         os.environ["TQDM_DISABLE"] = "1"
     try:
         return _dispatch(args)
     except TuningError as exc:
-        print(f"lancedb-tune: error: {_redact(' '.join(str(exc).split()))}", file=sys.stderr)  # always one line
+        print(f"lancedb-tune: error: {redact(' '.join(str(exc).split()))}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("lancedb-tune: interrupted; rerun the same command to resume", file=sys.stderr)

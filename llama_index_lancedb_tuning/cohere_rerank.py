@@ -18,13 +18,13 @@ from typing import Any
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from tenacity import RetryCallState
 
+from .config import COHERE_MODEL
 from .errors import TuningError
 from .redaction import redact
 from .retries import is_timeout, is_transient, status_code, transient_retries
 
 logger = logging.getLogger(__name__)
 
-COHERE_MODEL = "rerank-english-v3.0"
 COHERE_TIMEOUT_S = 30.0
 COHERE_MAX_RETRIES = 2
 COHERE_BACKOFF_S = 1.0

@@ -28,10 +28,10 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
+from .config import Backend
 from .errors import TuningError
 from .models import ENCODE_BATCH, resolve_model
 
-Backend = Literal["torch", "onnx", "onnx-int8"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 # Beyond a few replicas, memory grows with no gain on laptop-class CPUs; larger machines keep
 # intra-op threads inside each replica.

@@ -6,7 +6,6 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from sentence_transformers.sentence_transformer.training_args import BatchSample
 from sentence_transformers.util import mine_hard_negatives
 
 from .chunking import SOURCE_ID_KEY
+from .config import FinetuneConfig, PositiveChoice
 from .dataset import QADataset
 from .errors import TuningError
 from .jsonfile import read_json, write_json
@@ -30,39 +30,7 @@ from .models import ENCODE_BATCH, resolve_model
 
 logger = logging.getLogger(__name__)
 
-LossName = Literal["mnrl", "cached_mnrl", "gist"]
-PositiveChoice = Literal["best", "all"]
 _SELECTION_METRIC = "cosine_mrr@10"
-
-
-@dataclass
-class FinetuneConfig:
-    """How to fine-tune. Defaults were chosen on validation queries of data_qa.csv (see BENCHMARKS.md)."""
-
-    base_model: str | None = None
-    epochs: int = 4
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    warmup_ratio: float = 0.1
-    loss: LossName = "mnrl"
-    positives: PositiveChoice = "best"
-    hard_negatives: int = 0
-    val_fraction: float = 0.2
-    seed: int = 42
-    k: int = 5
-    show_progress: bool = True
-    # False: no validation pass before training nor after each epoch (no best-epoch pick), one at
-    # the end; validation encodes the whole corpus, which costs more than a training epoch on small data.
-    eval_each_epoch: bool = True
-    # True: tune the query side only, against the base model's passage vectors (every node of
-    # the corpus is a negative); an index built with the base model stays valid, queries are
-    # embedded with the tuned model and passages with the base model. See QueryOnlyLoss.
-    freeze_passages: bool = False
-    # True: once validation has picked the best epoch, train a fresh copy of the base model on
-    # every training query, validation ones included, for that many epochs. On a small labeled
-    # set the gain comes from the documents the training queries cover (see BENCHMARKS.md), and
-    # the validation fifth covers documents the rest does not. Needs eval_each_epoch.
-    refit: bool = True
 
 
 @dataclass

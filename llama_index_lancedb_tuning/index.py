@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import lancedb
 from llama_index.core import VectorStoreIndex
@@ -18,19 +18,11 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode
 from llama_index.vector_stores.lancedb import LanceDBVectorStore
 
+from .config import HYBRID_OVERFETCH, QUERY_TYPES, RERANK_OVERFETCH, QueryType
 from .encoding import load_embed_model
 from .errors import TuningError
 from .retrievers import LanceDBRetriever, RerankedRetriever
 from .store import DEFAULT_TABLE, DEFAULT_URI, TableMode, append_nodes, connect, open_table, vector_dim, write_nodes
-
-QueryType = Literal["vector", "fts", "reranked_vector", "reranked_fts", "hybrid"]
-QUERY_TYPES: tuple[QueryType, ...] = get_args(QueryType)
-# Candidates per query as multiples of k, picked on validation queries of data_qa.csv's
-# cross-validation folds (BENCHMARKS.md): a reranker sees 4k candidates; each leg of a hybrid
-# search brings 3k rows to the fusion, so a passage both legs rank fairly well can outrank one
-# that only a single leg ranks first.
-RERANK_OVERFETCH = 4
-HYBRID_OVERFETCH = 3
 
 
 @dataclass

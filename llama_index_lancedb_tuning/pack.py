@@ -17,9 +17,10 @@ from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.schema import BaseNode, Document, NodeWithScore
 
 from .chunking import chunk_corpus
+from .config import QUERY_TYPES, ChunkingConfig
 from .errors import TuningError
 from .encoding import load_embed_model
-from .index import QUERY_TYPES, LanceDBIndex
+from .index import LanceDBIndex
 from .store import DEFAULT_TABLE, DEFAULT_URI, TableMode
 from .rerank import hybrid_reranker, node_reranker
 
@@ -71,9 +72,9 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         similarity_top_k: int = 5,
         llm: LLM | None = None,
         mode: TableMode = "create",
-        chunk_size: int = 128,
-        chunk_overlap: int = 16,
-        fix_glued_words: bool = True,
+        chunk_size: int = ChunkingConfig.chunk_size,
+        chunk_overlap: int = ChunkingConfig.chunk_overlap,
+        fix_glued_words: bool = ChunkingConfig.fix_glued_words,
         hybrid_fusion: str = "rrf",
         storage_options: dict[str, str] | None = None,
         show_progress: bool = False,
@@ -122,9 +123,9 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         self,
         documents: Sequence[Document] | None = None,
         nodes: Sequence[BaseNode] | None = None,
-        chunk_size: int = 128,
-        chunk_overlap: int = 16,
-        fix_glued_words: bool = True,
+        chunk_size: int = ChunkingConfig.chunk_size,
+        chunk_overlap: int = ChunkingConfig.chunk_overlap,
+        fix_glued_words: bool = ChunkingConfig.fix_glued_words,
     ) -> None:
         """Append documents or nodes; the full-text index is rebuilt so they are searchable at once."""
         if documents is not None:

@@ -9,65 +9,37 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from llama_index.core.schema import TextNode
 
+from .caveats import MEANINGFUL_HALF_WIDTH, corpus_overlap_warnings, queries_for_half_width, sample_size_warnings
+from .wording import counted
 from .chunking import chunk_corpus, model_tokenizer
+from .config import ChunkingConfig, RerankerSpec, RunConfig
 from .dataset import QADataset
+from .encoding import check_backend, load_embed_model
 from .errors import TuningError
 from .evaluate import evaluate_retrievers
+from .finetune import EmbeddingFinetuner
+from .index import LanceDBIndex
+from .jsonfile import read_json, write_json
 from .metrics import EvalResult, with_significance
 from .report import comparison_plot, comparison_table
-from .finetune import EmbeddingFinetuner, FinetuneConfig
-from .encoding import check_backend, load_embed_model
-from .index import HYBRID_OVERFETCH, RERANK_OVERFETCH, LanceDBIndex
-from .jsonfile import read_json, write_json
 from .models import DEFAULT_MODEL, resolve_model
-from .rerank import DEFAULT_RRF_K, hybrid_reranker, node_reranker, reranker_name
+from .rerank import hybrid_reranker, node_reranker, reranker_name
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RunConfig:
-    """Everything a run needs besides its data; defaults are the package's recommended recipe."""
-
-    k: int = 5
-    test_size: float = 0.2
-    seed: int = 42
-    chunk_size: int = 128
-    chunk_overlap: int = 16
-    fix_glued_words: bool = True  # re-space words PDF extraction ran together (data.split_glued_words)
-    reranker: str = "fusion"
-    hybrid: str = "rrf"
-    rrf_k: int = DEFAULT_RRF_K
-    overfetch: int = RERANK_OVERFETCH  # reranked types rerank overfetch × k candidates
-    hybrid_overfetch: int = HYBRID_OVERFETCH  # hybrid fuses hybrid_overfetch × k rows of each leg
-    pairs: str = "labeled"
-    llm: str | None = None
-    backend: str = "torch"  # encoder runtime for indexing and queries: torch, onnx or onnx-int8
-    finetune: FinetuneConfig | None = None  # None: recommended_finetune(pairs)
-
-    def __post_init__(self) -> None:
-        if self.finetune is None:
-            self.finetune = recommended_finetune(self.pairs)
-
-
-def recommended_finetune(pairs: str) -> FinetuneConfig:
-    """Fine-tuning defaults per source of pairs. Generated pseudo-queries are noisy: a gentler
-    rate and fewer epochs (3e-5, 2) keep the model from memorising their noise, where labeled
-    queries take 1e-4 for 4 epochs with the best epoch kept (figures in BENCHMARKS.md).
-    """
-    if pairs == "labeled":
-        return FinetuneConfig()
-    return FinetuneConfig(epochs=2, learning_rate=3e-5)
-
-
-def build_nodes(corpus: dict[str, str], model: str | None, config: RunConfig) -> list[TextNode]:
+def build_nodes(corpus: dict[str, str], model: str | None, config: ChunkingConfig) -> list[TextNode]:
     """`corpus` chunked as `config` says, in `model`'s tokens."""
     return chunk_corpus(corpus, model_tokenizer(resolve_model(model)), config.chunk_size, config.chunk_overlap, config.fix_glued_words)
 
@@ -98,6 +70,27 @@ def score_model(
     return results
 
 
+def claim_tables(out: Path, table_names: list[str]) -> str:
+    """The LanceDB uri under `out` where these tables may be overwritten: each was created there
+    by this tool, or is not there yet.
+
+    The tables it creates are recorded in `out/tables.json` before they are written, so a table
+    a user keeps in `out/lancedb` is never replaced.
+    """
+    uri = out / "lancedb"
+    owned = read_json(out / _TABLES_FILE) or []
+    for name in table_names:
+        # A local LanceDB table is the directory NAME.lance under the uri.
+        if name not in owned and (uri / f"{name}.lance").exists():
+            raise TuningError(f"{uri} already holds a table '{name}' that lancedb-tune did not create; choose another --out")
+    write_json(out / _TABLES_FILE, sorted({*owned, *table_names}))
+    return str(uri)
+
+
+_TABLES_FILE = "tables.json"
+_LOCK_FILE = ".lock"
+
+
 def _cached_results(path: Path) -> list[EvalResult] | None:
     if not path.exists():
         return None
@@ -109,26 +102,54 @@ def _save_results(path: Path, results: list[EvalResult]) -> None:
     write_json(path, [{**r.to_dict(), "per_query": r.per_query} for r in results])
 
 
-def prepare_output(out: Path, force: bool, settings: dict | None = None) -> None:
-    """Refuse a finished report (unless forced); resume an unfinished run only if made with the same `settings`."""
+@contextmanager
+def locked_output(out: Path) -> Iterator[None]:
+    """Create `out` and hold its lock: a second run into the same directory is refused while this one runs."""
     if out.exists() and not out.is_dir():
         raise TuningError(f"--out {out} is a file; pass a directory for the report")
-    if (out / "report.json").exists():
-        if not force:
-            raise TuningError(f"{out} already holds a finished report; pass --force to redo it or choose another --out")
-        shutil.rmtree(out)
-    settings_path = out / "settings.json"
-    if settings is not None and settings_path.exists() and json.loads(settings_path.read_text()) != settings:
-        if not force and any(p.name != settings_path.name for p in out.iterdir()):
-            raise TuningError(
-                f"{out} holds an unfinished run made with other data or settings; rerun that command to resume it, "
-                "pass --force to start over, or choose another --out"
-            )
-        shutil.rmtree(out)  # nothing cached yet, or forced: start over
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TuningError(f"cannot create output directory {out} ({exc.strerror}); choose another --out") from None
+    lock = FileLock(out / _LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise TuningError(f"{out} is in use by another lancedb-tune run; wait for it to finish or choose another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
+        if created and all(p.name in (_LOCK_FILE, _TABLES_FILE, "settings.json") for p in out.iterdir()):
+            shutil.rmtree(out)  # a run that failed before any stage finished leaves no directory behind
+
+
+def _clear(out: Path) -> None:
+    """Empty `out` but for its lock, which the running command holds."""
+    for entry in out.iterdir():
+        if entry.name != _LOCK_FILE:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def prepare_output(out: Path, force: bool, settings: dict | None = None) -> None:
+    """Refuse a finished report (unless forced); resume an unfinished run only if made with the same `settings`.
+
+    Call it inside `locked_output(out)`.
+    """
+    if (out / "report.json").exists():
+        if not force:
+            raise TuningError(f"{out} already holds a finished report; pass --force to redo it or choose another --out")
+        _clear(out)
+    settings_path = out / "settings.json"
+    if settings is not None and settings_path.exists() and json.loads(settings_path.read_text()) != settings:
+        if not force and any(p.name not in (settings_path.name, _LOCK_FILE) for p in out.iterdir()):
+            raise TuningError(
+                f"{out} holds an unfinished run made with other data or settings; rerun that command to resume it, "
+                "pass --force to start over, or choose another --out"
+            )
+        _clear(out)  # nothing cached yet, or forced: start over
+    out.mkdir(parents=True, exist_ok=True)
     if settings is not None and not settings_path.exists():
         write_json(settings_path, settings, indent=2)  # cached stages below are only reused for these settings
 
@@ -144,33 +165,53 @@ def run_settings(
     return json.loads(json.dumps({"data_sha1": hashlib.sha1(data.encode("utf-8")).hexdigest(), "config": cfg}, default=str))
 
 
-def check_settings(dataset: QADataset, model: str | None, config: RunConfig) -> None:
-    """Cheap checks of the data, model path and reranker, before anything is loaded or written."""
-    if config.k > len(dataset.corpus):
+def check_settings(dataset: QADataset, model: str | None, config: RunConfig, splits: bool = False) -> None:
+    """Cheap checks of the data, model path and reranker, before anything is loaded or written.
+
+    Args:
+        dataset: the labeled queries to score.
+        model: the model to score or tune (None: the bundled default).
+        config: the run's settings.
+        splits: whether a test set is carved from `dataset` with `config.test_size`.
+    """
+    n = len(dataset)
+    if splits and math.ceil(config.test_size * n) >= n:
         raise TuningError(
-            f"k={config.k} is larger than the corpus ({len(dataset.corpus)} documents), so hit rate@k would count "
-            f"nearly every query as found; pass --k {len(dataset.corpus)} or less"
+            f"only {counted(n, 'query')}: too few to hold out test queries and train on the rest; add labeled rows "
+            f"(at least {queries_for_half_width(MEANINGFUL_HALF_WIDTH)} test queries make a hit rate worth comparing)"
+        )
+    n_docs = len(dataset.corpus)
+    if config.k > n_docs:
+        raise TuningError(
+            f"k={config.k} is larger than the corpus ({counted(n_docs, 'document')}), so hit rate@k would count "
+            f"nearly every query as found; pass --k {n_docs} or less"
         )
     resolve_model(model)
     check_backend(config.backend)
-    if isinstance(config.reranker, str) and config.reranker:
-        name, _, arg = config.reranker.partition(":")
-        if name == "cross-encoder" and arg:
-            resolve_model(arg)
-        elif name != "fusion":
-            node_reranker(config.reranker, config.k, None)  # cohere: checks the key; unknown: names the choices
+    reranker = RerankerSpec.parse(config.reranker)
+    if reranker.kind == "cross-encoder":
+        resolve_model(reranker.model)
+    elif reranker.kind == "cohere":
+        node_reranker(reranker, config.k, None)  # checks the key
 
 
 def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> str:
     table = comparison_table(results, k)
     comparison_plot(results, out / "report.png", k)
+    warnings = "".join(f"> **Warning:** {w}\n\n" for w in report.get("warnings", []))
     (out / "report.md").write_text(
         f"# Retrieval before and after fine-tuning\n\nbase model: `{report['base_model']}` · tuned model: "
-        f"`{report['tuned_model']}` · {report['dataset']['n_test_queries']} held-out queries · k={k}\n\n{table}\n"
+        f"`{report['tuned_model']}` · {counted(report['dataset']['n_test_queries'], 'held-out query')} · k={k}\n\n{warnings}{table}\n"
     )
     # report.json last: its presence marks the run finished.
     write_json(out / "report.json", report, indent=2)
     return table
+
+
+def _warn(messages: list[str]) -> list[str]:
+    for message in messages:
+        logger.warning(message)
+    return messages
 
 
 def training_data(
@@ -191,8 +232,6 @@ def training_data(
             raise TuningError("a documents directory has no labeled pairs; pass --pairs offline or --pairs llm")
         train, test = split or dataset.split(config.test_size, config.seed)
         return train, test, False
-    if config.pairs not in ("offline", "llm"):
-        raise TuningError(f"unknown --pairs '{config.pairs}'; use labeled, offline or llm")
     from .llm_pairs import generate_llm_pairs, llm_from_spec
     from .offline_pairs import generate_offline_pairs
 
@@ -201,8 +240,6 @@ def training_data(
         return QADataset.from_json(pairs_path), dataset, True
     nodes = build_nodes(documents or dataset.corpus, config.finetune.base_model, config)
     llm = llm_from_spec(config.llm or "offline") if config.pairs == "llm" else None
-    if config.pairs == "llm" and llm is None:
-        raise TuningError("--pairs llm needs --llm openai:MODEL or ollama:MODEL")
     if llm is None:
         train = generate_offline_pairs(nodes, seed=config.seed)
         train.save_json(pairs_path)
@@ -223,22 +260,46 @@ def tune_and_evaluate(
 ) -> dict:
     """Baseline vs tuned on held-out queries; writes report.md/json/png and model/ under `out`.
 
-    Training pairs come from `config.pairs` (see `training_data`); test queries are never
-    trained on. `documents` (doc id -> text) tunes on another corpus than the dataset's;
-    `split` gives the (train, test) queries instead of the seeded split (cross-validation).
+    Args:
+        dataset: labeled queries; test queries come from it and are never trained on.
+        out: the run directory; locked while the run lasts, resumed if a killed run left it.
+        config: the run's settings (default: the recommended recipe); `config.pairs` says
+            where training pairs come from (see `training_data`).
+        documents: doc id -> text to tune on instead of the dataset's corpus.
+        dataset_path: where `dataset` was read from, for the report.
+        force: redo a directory that holds a finished report or another run's stages.
+        resume: continue from the checkpoints a killed run left.
+        split: (train, test) queries instead of the seeded split (cross-validation).
     """
     config = config or RunConfig()
     out = Path(out)
-    check_settings(dataset, config.finetune.base_model, config)
-    prepare_output(out, force, run_settings(dataset, config, documents, split))
+    check_settings(dataset, config.finetune.base_model, config, splits=config.pairs == "labeled" and split is None)
+    with locked_output(out):
+        prepare_output(out, force, run_settings(dataset, config, documents, split))
+        uri = claim_tables(out, ["baseline", "tuned"])
+        return _tune_and_evaluate(dataset, out, uri, config, documents, dataset_path, resume, split)
+
+
+def _tune_and_evaluate(
+    dataset: QADataset,
+    out: Path,
+    uri: str,
+    config: RunConfig,
+    documents: dict[str, str] | None,
+    dataset_path: str,
+    resume: bool,
+    split: tuple[QADataset, QADataset] | None,
+) -> dict:
     t0 = time.perf_counter()
     train, test, node_level = training_data(dataset, out, config, documents, split)
     overlap = set(train.queries.values()) & set(test.queries.values())
     if overlap:
         raise TuningError(f"{len(overlap)} test queries also appear among training queries; remove them from the training data")
-    base = config.finetune.base_model
+    tuning = config.finetune
+    n_val = math.ceil(tuning.val_fraction * len(train)) if tuning.val_fraction > 0 else None
+    warnings = _warn(sample_size_warnings(len(test), n_val) + (corpus_overlap_warnings(documents, dataset.corpus) if documents else []))
+    base = tuning.base_model
     nodes = build_nodes(dataset.corpus, base, config)
-    uri = str(out / "lancedb")
     timings: dict[str, float] = {}
 
     baseline = _cached_results(out / "baseline_results.json")
@@ -250,7 +311,7 @@ def tune_and_evaluate(
     t = time.perf_counter()
     if read_json(model_dir / "metrics.json") is None:  # absent, or torn by a kill mid-write
         # Generated pairs already point at passages; labeled ones point at whole documents.
-        EmbeddingFinetuner(config.finetune).fit(train, model_dir, None if node_level else nodes, resume=resume)
+        EmbeddingFinetuner(tuning).fit(train, model_dir, None if node_level else nodes, resume=resume)
     timings["finetune"] = round(time.perf_counter() - t, 2)
 
     tuned = score_model(str(model_dir), "tuned", nodes, test, uri, "tuned", config, timings)
@@ -273,6 +334,7 @@ def tune_and_evaluate(
         "results": [r.to_dict() for r in results],
         "finetune_metrics": json.loads((model_dir / "metrics.json").read_text()),
         "timings_s": timings,
+        "warnings": warnings,
     }
     report["table"] = write_report(out, report, results, config.k)
     return report
@@ -286,22 +348,35 @@ def evaluate_model(
     dataset_path: str = "",
     force: bool = False,
 ) -> dict:
-    """Score one model on every query of a labeled dataset (no training: all queries are test queries)."""
+    """Score one model on every query of a labeled dataset (no training: all queries are test queries).
+
+    Args:
+        dataset: labeled queries, all scored.
+        model: HF id or local path (None: the bundled default).
+        out: directory for report.md/json/png and the LanceDB table `model`; locked while it runs.
+        config: search and chunking settings (default: the recommended recipe).
+        dataset_path: where `dataset` was read from, for the report.
+        force: redo a directory that holds a finished report.
+    """
     config = config or RunConfig()
     out = Path(out)
     check_settings(dataset, model, config)
-    prepare_output(out, force)
-    t0 = time.perf_counter()
-    nodes = build_nodes(dataset.corpus, model, config)
-    timings: dict[str, float] = {}
-    results = score_model(model, "model", nodes, dataset, str(out / "lancedb"), "model", config, timings)
-    report = {
-        "k": config.k,
-        "base_model": model or DEFAULT_MODEL,
-        "tuned_model": None,
-        "dataset": {"path": dataset_path, "n_corpus": len(dataset.corpus), "n_nodes": len(nodes), "n_train_queries": 0, "n_test_queries": len(dataset)},
-        "results": [r.to_dict() for r in results],
-        "timings_s": {**timings, "total": round(time.perf_counter() - t0, 2)},
-    }
-    report["table"] = write_report(out, report, results, config.k)
-    return report
+    with locked_output(out):
+        prepare_output(out, force)
+        uri = claim_tables(out, ["model"])
+        t0 = time.perf_counter()
+        warnings = _warn(sample_size_warnings(len(dataset), None))
+        nodes = build_nodes(dataset.corpus, model, config)
+        timings: dict[str, float] = {}
+        results = score_model(model, "model", nodes, dataset, uri, "model", config, timings)
+        report = {
+            "k": config.k,
+            "base_model": model or DEFAULT_MODEL,
+            "tuned_model": None,
+            "dataset": {"path": dataset_path, "n_corpus": len(dataset.corpus), "n_nodes": len(nodes), "n_train_queries": 0, "n_test_queries": len(dataset)},
+            "results": [r.to_dict() for r in results],
+            "timings_s": {**timings, "total": round(time.perf_counter() - t0, 2)},
+            "warnings": warnings,
+        }
+        report["table"] = write_report(out, report, results, config.k)
+        return report

@@ -17,17 +17,12 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from .errors import TuningError
+from .config import DEFAULT_RRF_K, RerankerSpec
 from .encoding import embed_queries, embed_texts
+from .errors import TuningError
 from .store import fts_ids, sql_id_list
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_RERANKER = "fusion"
-# RRF's constant: LanceDB's default is 60. Over the deeper legs a hybrid search fuses here
-# (index.HYBRID_OVERFETCH), a small constant lets the top ranks of each leg count for more;
-# 5 beat 10 and 60 on validation queries for the base and the tuned model (BENCHMARKS.md).
-DEFAULT_RRF_K = 5
 
 # BM25 scores of rows (by id) for a query, or None where the lookup does not know them.
 BM25Lookup = Callable[[str, Sequence[str]], "dict[str, float] | None"]
@@ -113,27 +108,34 @@ class FusionRerank(BaseNodePostprocessor):
         return [NodeWithScore(node=nodes[i].node, score=float(fused[i])) for i in order]
 
 
-def node_reranker(spec: str | BaseNodePostprocessor | None, top_n: int, embed_model: BaseEmbedding, table: Any = None) -> BaseNodePostprocessor:
-    """A node postprocessor from a spec: `fusion`, `cohere[:MODEL]`, `cross-encoder:PATH`, or one given as is."""
+def node_reranker(
+    spec: RerankerSpec | str | BaseNodePostprocessor | None, top_n: int, embed_model: BaseEmbedding | None, table: Any = None
+) -> BaseNodePostprocessor:
+    """A node postprocessor for the reranked query types.
+
+    Args:
+        spec: a postprocessor (returned as is), or a `RerankerSpec` / its string: `fusion`,
+            `cohere[:MODEL]`, `cross-encoder:PATH`.
+        top_n: nodes the reranker keeps.
+        embed_model: the query encoder (`fusion` scores candidates with it).
+        table: the LanceDB table (`fusion` reads BM25 from its full-text index).
+    """
     if isinstance(spec, BaseNodePostprocessor):
         return spec
-    spec = spec or DEFAULT_RERANKER
-    name, _, arg = spec.partition(":")
-    if name == "fusion":
-        return FusionRerank(embed_model, table, top_n=top_n)
-    if name == "cohere":
-        from .cohere_rerank import COHERE_MODEL, cohere_reranker
+    parsed = RerankerSpec.parse(spec)
+    if parsed.kind == "cohere":
+        from .cohere_rerank import cohere_reranker
 
-        return cohere_reranker(top_n, arg or COHERE_MODEL)
-    if name == "cross-encoder":
-        if not arg:
-            raise TuningError("cross-encoder reranker needs a model: --reranker cross-encoder:PATH_OR_ID")
+        return cohere_reranker(top_n, parsed.model) if parsed.model else cohere_reranker(top_n)
+    if parsed.kind == "cross-encoder":
         from llama_index.core.postprocessor import SentenceTransformerRerank
 
         from .models import resolve_model
 
-        return SentenceTransformerRerank(model=resolve_model(arg), top_n=top_n)
-    raise TuningError(f"unknown reranker '{spec}'; use fusion, cohere[:MODEL] or cross-encoder:PATH")
+        return SentenceTransformerRerank(model=resolve_model(parsed.model), top_n=top_n)
+    if embed_model is None:
+        raise TuningError("the fusion reranker needs the embedding model")
+    return FusionRerank(embed_model, table, top_n=top_n)
 
 
 def reranker_name(reranker: BaseNodePostprocessor) -> str:

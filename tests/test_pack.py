@@ -13,7 +13,7 @@ from llama_index.core.schema import MetadataMode, TextNode
 from llama_index_lancedb_tuning import TuningError, evaluate_retriever
 from llama_index_lancedb_tuning.chunking import SOURCE_ID_KEY
 from llama_index_lancedb_tuning.encoding import embed_queries, embed_texts
-from llama_index_lancedb_tuning.index import RERANK_OVERFETCH
+from llama_index_lancedb_tuning.config import RERANK_OVERFETCH
 from llama_index_lancedb_tuning.pack import BaseLlamaPack, FinetunedLanceDBRetrieverPack, write_pack_source
 from llama_index_lancedb_tuning.cohere_rerank import COHERE_MODEL, cohere_reranker
 

@@ -1,0 +1,57 @@
+"""What a report must warn about: too few queries to mean anything, and a training corpus that
+shares nothing with the evaluation corpus. Standard library only; each check returns its warnings."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from .wording import counted
+
+# A hit rate measured on fewer queries than this has a 95% interval wider than ±0.20 near 0.8:
+# it cannot tell a real gain from noise.
+MEANINGFUL_HALF_WIDTH = 0.20
+# What a reader usually wants: ±0.10 on a rate near 0.8, the reference table's range.
+WANTED_HALF_WIDTH = 0.10
+TYPICAL_RATE = 0.8
+_Z95 = 1.96
+_SHINGLE_WORDS = 8
+_WORD = re.compile(r"\w+")
+
+
+def queries_for_half_width(half_width: float, rate: float = TYPICAL_RATE) -> int:
+    """Queries a 95% interval of `half_width` on a hit rate near `rate` needs (normal approximation)."""
+    return math.ceil(_Z95**2 * rate * (1 - rate) / half_width**2)
+
+
+def sample_size_warnings(n_test: int, n_val: int | None) -> list[str]:
+    """A warning per query set too small to mean anything; `n_val` None: no validation set."""
+    least, wanted = queries_for_half_width(MEANINGFUL_HALF_WIDTH), queries_for_half_width(WANTED_HALF_WIDTH)
+    sets = [("test set", n_test), ("validation set", n_val)]
+    return [
+        f"the {name} has only {counted(n, 'query')}: its hit rates are too uncertain to compare; "
+        f"a 95% interval of ±{WANTED_HALF_WIDTH:.2f} on a rate near {TYPICAL_RATE} needs about {wanted} queries"
+        for name, n in sets
+        if n is not None and n < least
+    ]
+
+
+def _shingles(text: str) -> set[int]:
+    words = _WORD.findall(text.lower())
+    return {hash(tuple(words[i : i + _SHINGLE_WORDS])) for i in range(max(1, len(words) - _SHINGLE_WORDS + 1))}
+
+
+def corpus_overlap_warnings(training: dict[str, str], evaluation: dict[str, str]) -> list[str]:
+    """A warning when under half the evaluation documents share any 8-word passage with the
+    training documents: tuning on one corpus and scoring on another measures nothing useful."""
+    seen: set[int] = set()
+    for text in training.values():
+        seen |= _shingles(text)
+    shared = sum(1 for text in evaluation.values() if _shingles(text) & seen)
+    if shared * 2 >= len(evaluation):
+        return []
+    message = (
+        f"only {shared} of {counted(len(evaluation), 'evaluation document')} share a passage with the training documents: "
+        "the model is tuned on one corpus and scored on another; pass the documents the queries were written from"
+    )
+    return [message]
