@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llama_index_lancedb_tuning import RunConfig, load_labeled_csv, tune_and_evaluate
+from llama_index_lancedb_tuning import FinetuneConfig, RunConfig, load_labeled_csv, tune_and_evaluate
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "data_qa.csv"
 # bge-small-en-v1.5, Cohere reranker, GPT-3.5 training questions, all 220 queries (trained on most).
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA))
     args = parser.parse_args()
     dataset = load_labeled_csv(args.data)
-    config = RunConfig()
+    config = RunConfig(finetune=FinetuneConfig(keep_checkpoints=True))  # fusion_validation.py scores the selection checkpoints
     out = Path(args.out)
     if args.folds:
         reports = []

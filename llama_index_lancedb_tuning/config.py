@@ -198,6 +198,12 @@ class FinetuneConfig:
             "(see QueryOnlyLoss)"
         },
     )
+    keep_checkpoints: bool = field(
+        default=False,
+        metadata={
+            "help": "keep the checkpoint directories of a finished run (benchmarks/fusion_validation.py scores the selection checkpoint)"
+        },
+    )
     refit: bool = field(
         default=True,
         metadata={

@@ -30,7 +30,7 @@ from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
 from .config import Backend
 from .errors import TuningError
-from .models import ENCODE_BATCH, resolve_model
+from .models import ENCODE_BATCH, resolve_model, transformers_bars_off
 
 BACKENDS: tuple[str, ...] = get_args(Backend)
 # Beyond a few replicas, memory grows with no gain on laptop-class CPUs; larger machines keep
@@ -67,26 +67,12 @@ def load_embed_model(model: str | BaseEmbedding | None = None, embed_batch_size:
 
         return OnnxEmbedding(name, int8=backend == "onnx-int8", embed_batch_size=embed_batch_size)
     try:
-        with _quiet_loading():
+        with transformers_bars_off():
             return HuggingFaceEmbedding(model_name=name, embed_batch_size=embed_batch_size)
     except Exception as exc:  # hub/transformers raise many types for "not found / offline"
         raise TuningError(
             f"cannot load embedding model '{model}': {type(exc).__name__}; pass a local model directory or a reachable hub id"
         ) from None
-
-
-@contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """No "Loading weights" bar from transformers in a user's app; its setting is restored after."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def cpu_budget() -> int:

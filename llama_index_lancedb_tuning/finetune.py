@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,17 +22,22 @@ from sentence_transformers.sentence_transformer.losses import (
 )
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 from sentence_transformers.util import mine_hard_negatives
+from transformers import PrinterCallback
 
 from .chunking import SOURCE_ID_KEY
 from .config import FinetuneConfig, PositiveChoice
 from .dataset import QADataset
 from .errors import TuningError
 from .jsonfile import read_json, write_json
-from .models import ENCODE_BATCH, resolve_model
+from .losses import QueryOnlyLoss
+from .models import ENCODE_BATCH, resolve_model, transformers_bars_off
+from .training_progress import TrainingBar
 
 logger = logging.getLogger(__name__)
 
 _SELECTION_METRIC = "cosine_mrr@10"
+# What only resuming needs; each checkpoint holds a model and its optimizer state (~270 MB for MiniLM).
+_RESUME_STATE = ("checkpoints", "refit_checkpoints", "selection.json")
 
 
 @dataclass
@@ -106,6 +113,9 @@ class EmbeddingFinetuner:
 
     Validation queries are carved from the training queries (seeded) to pick the best
     epoch; test queries never reach this class.
+
+    Args:
+        config: how to fine-tune (base model, epochs, loss, validation); None: the defaults.
     """
 
     def __init__(self, config: FinetuneConfig | None = None) -> None:
@@ -117,12 +127,10 @@ class EmbeddingFinetuner:
             return MultipleNegativesRankingLoss(model)
         if cfg.loss == "cached_mnrl":
             return CachedMultipleNegativesRankingLoss(model, mini_batch_size=16)
-        if cfg.loss == "gist":
-            # The frozen base model is the guide: it masks in-batch "negatives" it already
-            # scores above the positive, which on a small corpus are often other chunks of
-            # the same document.
-            return GISTEmbedLoss(model, guide=SentenceTransformer(resolve_model(cfg.base_model), device=str(model.device)))
-        raise TuningError(f"unknown loss '{cfg.loss}'; use one of mnrl, cached_mnrl, gist")
+        # gist (FinetuneConfig admits no other name): the frozen base model is the guide; it masks
+        # in-batch "negatives" it already scores above the positive, which on a small corpus are
+        # often other chunks of the same document.
+        return GISTEmbedLoss(model, guide=SentenceTransformer(resolve_model(cfg.base_model), device=str(model.device)))
 
     def _with_hard_negatives(self, pairs: Dataset, by_source: dict[str, list[TextNode]], model: SentenceTransformer) -> Dataset:
         corpus = sorted({n.text for ns in by_source.values() for n in ns})
@@ -153,10 +161,22 @@ class EmbeddingFinetuner:
     ) -> FinetuneResult:
         """Fine-tune on `train` and save a sentence-transformers model plus `metrics.json` in `output_dir`.
 
-        `nodes` are the chunks the corpus documents were split into (None: one node per document).
+        Args:
+            train: the training queries, their relevant documents and the corpus; validation queries
+                are carved from them.
+            output_dir: where the model and `metrics.json` go; `metrics.json` is written last and marks
+                the model finished. Checkpoints live there while training runs and are removed after.
+            nodes: the chunks the corpus documents were split into (None: one node per document).
+            resume: continue from the newest complete checkpoint a killed run left in `output_dir`.
+
+        Raises:
+            TuningError: training diverged (non-finite weights or embeddings); nothing is marked finished.
         """
+        with transformers_bars_off():
+            return self._fit(train, Path(output_dir), nodes, resume)
+
+    def _fit(self, train: QADataset, output_dir: Path, nodes: list[TextNode] | None, resume: bool) -> FinetuneResult:
         cfg = self.config
-        output_dir = Path(output_dir)
         start = time.perf_counter()
         fit_ds, val_ds = train.split(cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (train, None)
         by_source = source_nodes(train, nodes)
@@ -178,13 +198,15 @@ class EmbeddingFinetuner:
         final_evaluator, evaluator = evaluator, evaluator if cfg.eval_each_epoch else None
 
         will_refit = cfg.refit and evaluator is not None
+        # Kept for benchmarks/fusion_validation.py, which scores the selection checkpoint.
+        keep_checkpoints = cfg.keep_checkpoints
         selection_path = output_dir / "selection.json"
         selection = read_json(selection_path) if resume and will_refit else None
         if selection is None:
-            trainer = self._train(model, pairs, loss, evaluator, output_dir / "checkpoints", cfg.epochs, resume)
+            trainer = self._train(model, pairs, loss, evaluator, output_dir / "checkpoints", cfg.epochs, resume, "training")
             if evaluator is not None:  # the kept epoch's scores: no second pass over the corpus
                 best = _best_evaluation(trainer)
-                metrics["val_after"] = _rounded({k[len("eval_"):]: v for k, v in best.items() if k.startswith("eval_val_")})
+                metrics["val_after"] = _rounded({k[len("eval_") :]: v for k, v in best.items() if k.startswith("eval_val_")})
                 metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
                 metrics["best_epoch"] = max(1, round(best["epoch"]))
             elif final_evaluator is not None:
@@ -197,15 +219,34 @@ class EmbeddingFinetuner:
         metrics.update(selection)
 
         if will_refit:
+            if not keep_checkpoints:  # selection.json holds all the refit needs from them
+                _remove(output_dir, "checkpoints")
             # Validation queries are trained on from here: the val_* figures above describe the
             # selection model, not the refit one.
             model = SentenceTransformer(resolve_model(cfg.base_model))
-            self._train(model, all_pairs, None, None, output_dir / "refit_checkpoints", selection["best_epoch"], resume)
+            self._train(model, all_pairs, None, None, output_dir / "refit_checkpoints", selection["best_epoch"], resume, "refit")
             metrics["refit"] = {"epochs": selection["best_epoch"], "n_train_pairs": len(all_pairs)}
+        self._check_finite(model, output_dir)
         model.save(str(output_dir))
         metrics["train_seconds"] = round(time.perf_counter() - start, 2)
         write_json(output_dir / "metrics.json", metrics, indent=2)  # its presence marks training finished: never half-written
+        if not keep_checkpoints:
+            _remove(output_dir, *_RESUME_STATE)
         return FinetuneResult(output_dir, metrics, metrics["train_seconds"])
+
+    def _check_finite(self, model: SentenceTransformer, output_dir: Path) -> None:
+        """Refuse a diverged model before it is saved as finished: LanceDB would reject its NaN vectors at every run."""
+        weights_finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        probe = model.encode(["a probe sentence to check the embeddings"], convert_to_numpy=True)
+        if weights_finite and np.isfinite(probe).all():
+            return
+        # Resuming would only continue from the diverged weights.
+        _remove(output_dir, *_RESUME_STATE)
+        part = "embeddings" if weights_finite else "weights"
+        raise TuningError(
+            f"training diverged: the tuned model's {part} are not finite (NaN or inf) at learning rate "
+            f"{self.config.learning_rate:g}; lower the learning rate (--lr, e.g. 1e-4) and run again"
+        )
 
     def _train(
         self,
@@ -216,6 +257,7 @@ class EmbeddingFinetuner:
         checkpoint_dir: Path,
         epochs: int,
         resume: bool,
+        label: str,
     ) -> SentenceTransformerTrainer:
         cfg = self.config
         args = SentenceTransformerTrainingArguments(
@@ -224,20 +266,23 @@ class EmbeddingFinetuner:
             per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate,
-            warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio in transformers 5
             batch_sampler=BatchSamplers.NO_DUPLICATES,
             seed=cfg.seed,
             data_seed=cfg.seed,
             eval_strategy="epoch" if evaluator else "no",
             save_strategy="epoch",
-            save_total_limit=2,
+            # Resuming needs the newest checkpoint only; with load_best_model_at_end the trainer also keeps the best.
+            save_total_limit=1,
             load_best_model_at_end=evaluator is not None,
             metric_for_best_model=f"eval_val_{_SELECTION_METRIC}" if evaluator else None,
             greater_is_better=True,
             logging_steps=10,
             report_to="none",
-            disable_tqdm=not cfg.show_progress,
+            dataloader_pin_memory=model.device.type == "cuda",
+            disable_tqdm=True,  # the trainer's bar is unlabeled; _TrainingBar replaces it
         )
+        # The model card's hub widget is otherwise sampled from the training set behind a progress bar.
+        model.model_card_data.widget = model.model_card_data.widget or [{"text": pairs["anchor"][0]}]
         trainer = SentenceTransformerTrainer(
             model=model,
             args=args,
@@ -245,9 +290,42 @@ class EmbeddingFinetuner:
             loss=loss or self._loss(model),
             evaluator=evaluator,
         )
-        checkpoints = list(checkpoint_dir.glob("checkpoint-*"))
-        trainer.train(resume_from_checkpoint=bool(resume and checkpoints) or None)
+        trainer.remove_callback(PrinterCallback)  # it prints every metric dict on stdout
+        if cfg.show_progress:
+            trainer.add_callback(TrainingBar(label))
+        args.warmup_steps = warmup_steps(len(trainer.get_train_dataloader()) * epochs, cfg.warmup_ratio)
+        trainer.train(resume_from_checkpoint=newest_complete_checkpoint(checkpoint_dir) if resume else None)
         return trainer
+
+
+def warmup_steps(total_steps: int, ratio: float) -> int:
+    """Linear warmup steps for `ratio` of `total_steps`, or none when that would be a single step.
+
+    Warmup starts at rate 0, so a one-step warmup only wastes a step: on a one-step epoch it
+    was the whole training, and the model came out unchanged.
+    """
+    steps = math.ceil(total_steps * ratio)
+    return steps if 1 < steps < total_steps else 0
+
+
+def newest_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest checkpoint the trainer finished writing, or None; newer torn ones are removed.
+
+    The trainer writes `trainer_state.json` last, so a checkpoint without a readable one was
+    cut off mid-write (Ctrl-C during a save) and cannot be resumed from.
+    """
+    by_step = {int(p.name.split("-")[1]): p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()}
+    for step in sorted(by_step, reverse=True):
+        if read_json(by_step[step] / "trainer_state.json") is not None:
+            return str(by_step[step])
+        shutil.rmtree(by_step[step], ignore_errors=True)
+    return None
+
+
+def _remove(output_dir: Path, *names: str) -> None:
+    for name in names:
+        path = output_dir / name
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _best_evaluation(trainer: SentenceTransformerTrainer) -> dict:
@@ -259,62 +337,3 @@ def _best_evaluation(trainer: SentenceTransformerTrainer) -> dict:
 
 def _rounded(scores: dict) -> dict:
     return {k: round(float(v), 4) for k, v in scores.items() if isinstance(v, (int, float, np.floating))}
-
-
-class QueryOnlyLoss(torch.nn.Module):
-    """Softmax over the whole corpus of frozen passage vectors; only the query encoder learns.
-
-    Each row is (query text, index of its positive node); the other nodes of the positive's
-    own document are masked, not counted as negatives. Passages are embedded once, by the
-    base model, so a training step runs the encoder on short queries only.
-    """
-
-    def __init__(
-        self, model: SentenceTransformer, texts: list[str], passages: torch.Tensor, source: torch.Tensor, scale: float = 20.0
-    ) -> None:
-        super().__init__()
-        self.model = model
-        self.texts = texts
-        self.register_buffer("passages", passages)
-        self.register_buffer("source", source)
-        self.scale = scale
-
-    @staticmethod
-    def node_texts(by_source: dict[str, list[TextNode]]) -> tuple[list[str], list[str]]:
-        items = sorted({(n.text, s) for s, ns in by_source.items() for n in ns})
-        return [t for t, _ in items], [s for _, s in items]
-
-    @classmethod
-    def for_corpus(cls, model: SentenceTransformer, by_source: dict[str, list[TextNode]]) -> QueryOnlyLoss:
-        """Embeds every node once with the (still untrained) model."""
-        texts, sources = cls.node_texts(by_source)
-        vectors = model.encode(texts, batch_size=ENCODE_BATCH, normalize_embeddings=True, convert_to_tensor=True).detach().clone()
-        codes = {s: i for i, s in enumerate(sorted(set(sources)))}
-        return cls(model, texts, vectors, torch.tensor([codes[s] for s in sources]))
-
-    def vectors_by_text(self) -> dict[str, np.ndarray]:
-        return dict(zip(self.texts, self.passages.cpu().numpy()))
-
-    @classmethod
-    def label_pairs(cls, pairs: Dataset, by_source: dict[str, list[TextNode]]) -> Dataset:
-        position = {t: i for i, t in enumerate(cls.node_texts(by_source)[0])}
-        return Dataset.from_dict({"anchor": pairs["anchor"], "label": [position[t] for t in pairs["positive"]]})
-
-    def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
-        queries = torch.nn.functional.normalize(self.model(sentence_features[0])["sentence_embedding"], dim=-1)
-        scores = self.scale * queries @ self.passages.T
-        same_doc = self.source[labels].unsqueeze(1) == self.source.unsqueeze(0)
-        same_doc[torch.arange(len(labels)), labels] = False
-        return torch.nn.functional.cross_entropy(scores.masked_fill(same_doc, float("-inf")), labels)
-
-    @torch.no_grad()
-    def validation_hits(self, dataset: QADataset, by_source: dict[str, list[TextNode]], k: int) -> dict:
-        """hit@k of `dataset`'s queries against the frozen passages (a hit: any node of a relevant document)."""
-        _, sources = self.node_texts(by_source)
-        q = self.model.encode([dataset.queries[i] for i in dataset.query_ids], normalize_embeddings=True, convert_to_tensor=True)
-        top = (q.to(self.passages.device) @ self.passages.T).topk(min(k, len(sources))).indices.tolist()
-        hits = [any(sources[j] in dataset.relevant_docs[i] for j in row) for i, row in zip(dataset.query_ids, top)]
-        return {f"val_frozen_hit@{k}": round(sum(hits) / max(len(hits), 1), 4)}
-
-    def get_config_dict(self) -> dict:
-        return {"scale": self.scale, "passages": int(self.passages.shape[0])}

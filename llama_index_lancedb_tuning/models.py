@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import TuningError
@@ -63,3 +65,18 @@ def _read_config(path: Path) -> object:
         raise TuningError(
             f"model file {path} is corrupt ({exc}); re-save the model or copy that file again from where it came from"
         ) from None
+
+
+@contextmanager
+def transformers_bars_off() -> Iterator[None]:
+    """No transformers bars ("Loading weights", "Writing model shards") in a user's app or around
+    sub-second steps. The switch is process-wide, so it is restored on the way out."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()

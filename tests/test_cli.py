@@ -20,17 +20,20 @@ def test_run_on_the_sample_writes_the_report_other_tools_read(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert set(report) >= {"k", "base_model", "tuned_model", "dataset", "results", "timings_s"}
     assert report["dataset"]["path"].endswith("sample_qa.csv") and report["tuned_model"].endswith("model")
-    assert report["dataset"]["n_corpus"] == 10 and report["dataset"]["n_nodes"] >= 10
-    assert (report["dataset"]["n_train_queries"], report["dataset"]["n_test_queries"]) == (24, 6)
+    assert report["dataset"]["n_corpus"] == 30 and report["dataset"]["n_nodes"] >= 30
+    assert (report["dataset"]["n_train_queries"], report["dataset"]["n_test_queries"]) == (96, 24)
     assert set(report["timings_s"]) >= {"finetune", "index", "evaluate", "total"}
     rows = report["results"]
     assert {(r["model"], r["query_type"]) for r in rows} == {(m, q) for m in ("baseline", "tuned") for q in QUERY_TYPES}
     for r in rows:
-        assert r["n"] == 6 and 0 <= r["mrr"] <= r["hit_rate"] <= 1
+        assert r["n"] == 24 and 0 <= r["mrr"] <= r["hit_rate"] <= 1
         assert r["ci95"][0] <= r["hit_rate"] <= r["ci95"][1]
         assert (r["reranker"] is None) == (r["query_type"] in ("vector", "fts"))
-    # The sample's how-to passages are easy: the untuned model already finds most answers.
-    assert next(r for r in rows if r["model"] == "baseline" and r["query_type"] == "vector")["hit_rate"] >= 0.8
+    # The sample's queries use the crew's nicknames, which the manual never does: the untuned model
+    # misses most of them, and even one epoch on the training queries teaches it more than noise.
+    vector = {r["model"]: r for r in rows if r["query_type"] == "vector"}
+    assert vector["baseline"]["hit_rate"] <= 0.4
+    assert (vector["tuned"]["hit_rate"] - vector["baseline"]["hit_rate"]) * 24 > 2 and vector["tuned"]["p_vs_baseline"] < 0.05
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert "Hybrid search" in (out / "report.md").read_text()
     assert (out / "model" / "metrics.json").exists() and any((out / "model").glob("model.safetensors"))

@@ -230,11 +230,13 @@ def test_killed_finetune_resumes_from_the_last_checkpoint(tmp_path, monkeypatch,
     import llama_index_lancedb_tuning.finetune as finetune_module
     from llama_index_lancedb_tuning import EmbeddingFinetuner, FinetuneConfig
 
-    calls = {"resume": [], "steps": 0, "global_step": None}
+    calls = {"resume": [], "steps": 0, "global_step": None, "kill_at": -1}
 
     class SpyTrainer(finetune_module.SentenceTransformerTrainer):
         def training_step(self, *args, **kwargs):
             calls["steps"] += 1
+            if calls["steps"] == calls["kill_at"]:
+                raise KeyboardInterrupt
             return super().training_step(*args, **kwargs)
 
         def train(self, resume_from_checkpoint=None, **kwargs):
@@ -245,23 +247,23 @@ def test_killed_finetune_resumes_from_the_last_checkpoint(tmp_path, monkeypatch,
 
     monkeypatch.setattr(finetune_module, "SentenceTransformerTrainer", SpyTrainer)
     config = FinetuneConfig(epochs=2, batch_size=4, val_fraction=0, show_progress=False)
-    out = tmp_path / "model"
-    EmbeddingFinetuner(config).fit(tiny_qa(), out, resume=True)
-    assert calls == {"resume": [None], "steps": 4, "global_step": 4}  # 8 pairs, batch 4: 2 steps x 2 epochs
-    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*"))
-    assert checkpoints == ["checkpoint-2", "checkpoint-4"]
+    EmbeddingFinetuner(config).fit(tiny_qa(), tmp_path / "uninterrupted", resume=True)
+    assert calls == {"resume": [None], "steps": 4, "global_step": 4, "kill_at": -1}  # 8 pairs, batch 4: 2 steps x 2 epochs
+    assert not (tmp_path / "uninterrupted" / "checkpoints").exists()  # a finished run keeps only its model
     from safetensors.numpy import load_file
 
-    uninterrupted = load_file(out / "model.safetensors")
+    uninterrupted = load_file(tmp_path / "uninterrupted" / "model.safetensors")
 
-    # As if killed during epoch 2: the epoch-1 checkpoint is all that was saved.
-    shutil.rmtree(out / "checkpoints" / "checkpoint-4")
-    for path in out.iterdir():
-        if path.name != "checkpoints":
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    calls.update(resume=[], steps=0, global_step=None)
+    # Killed during epoch 2: the epoch-1 checkpoint is all that was saved.
+    out = tmp_path / "model"
+    calls.update(resume=[], steps=0, global_step=None, kill_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        EmbeddingFinetuner(config).fit(tiny_qa(), out, resume=True)
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
+    calls.update(resume=[], steps=0, global_step=None, kill_at=-1)
     EmbeddingFinetuner(config).fit(tiny_qa(), out, resume=True)
-    assert calls["resume"] == [True] and calls["steps"] == 2 and calls["global_step"] == 4  # continued, not restarted
+    # Continued, not restarted.
+    assert calls["resume"] == [str(out / "checkpoints" / "checkpoint-2")] and calls["steps"] == 2 and calls["global_step"] == 4
     assert (out / "metrics.json").exists()
     resumed = load_file(out / "model.safetensors")
     assert resumed.keys() == uninterrupted.keys()
