@@ -31,7 +31,7 @@ _EXPORTS = {
     "metrics": ["EvalResult", "bootstrap_ci", "mcnemar_p"],
     "evaluate": ["evaluate_retriever", "evaluate_retrievers"],
     "report": ["comparison_plot", "comparison_table"],
-    "pipeline": ["RunConfig", "evaluate_model", "tune_and_evaluate"],
+    "pipeline": ["RunConfig", "build_nodes", "evaluate_model", "tune_and_evaluate"],
     "pack": ["FinetunedLanceDBRetrieverPack", "write_pack_source"],
     "models": ["DEFAULT_MODEL", "resolve_model"],
 }
