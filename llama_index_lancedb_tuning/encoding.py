@@ -139,12 +139,14 @@ def _runtime(embed_model: BaseEmbedding) -> _Runtime | None:
 
 
 def _parallel_encode(runtime: _Runtime, texts: list[str], batch_size: int, workers: int) -> np.ndarray:
+    replicate = runtime.replicate
+    assert replicate is not None, "only runtimes that can be replicated encode in parallel"
     threads = max(1, cpu_budget() // workers)
     batches = longest_first_batches(texts, batch_size)
     with _replicas_lock:
         replicas = _replicas.setdefault(runtime.owner, _Replicas())
     with replicas.lock:
-        replicas.encoders.extend(runtime.replicate(threads) for _ in range(workers - len(replicas.encoders)))
+        replicas.encoders.extend(replicate(threads) for _ in range(workers - len(replicas.encoders)))
         free: queue.SimpleQueue[BatchEncoder] = queue.SimpleQueue()
         for encoder in replicas.encoders[:workers]:
             free.put(encoder)

@@ -60,7 +60,8 @@ def export_onnx(model: str | None = None, int8: bool = False, cache_dir: str | P
     fp32, int8_path = out / FP32_FILE, out / INT8_FILE
     if not fp32.exists():
         st = SentenceTransformer(name, device="cpu")
-        transformer = st[0].auto_model.eval()
+        transformer: Any = st[0].auto_model  # typed loosely by sentence-transformers
+        transformer.eval()
 
         class Encoder(torch.nn.Module):  # keyword call: transformers 5 reordered the positional arguments
             def __init__(self) -> None:
@@ -131,8 +132,8 @@ class OnnxEmbedding(BaseEmbedding):
 
         path = export_onnx(model_name, int8, cache_dir)
         settings = json.loads((path.parent / "pooling.json").read_text())
-        super().__init__(model_name=resolve_model(model_name), int8=int8, max_length=settings["max_seq_length"],
-                         pooling=settings["pooling"], embed_batch_size=embed_batch_size, **kwargs)
+        fields: dict[str, Any] = {"int8": int8, "max_length": settings["max_seq_length"], "pooling": settings["pooling"]}
+        super().__init__(model_name=resolve_model(model_name), embed_batch_size=embed_batch_size, **fields, **kwargs)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
