@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
@@ -32,6 +33,11 @@ def model_tokenizer(model_path: str) -> Callable[[str], list]:
             f"cannot load the tokenizer of model '{model_path}' ({type(exc).__name__}); pass a local model directory "
             "or a hub id reachable from this machine"
         ) from None
+    return token_counter(tokenizer)
+
+
+def token_counter(tokenizer: Any) -> Callable[[str], list]:
+    """A Hugging Face tokenizer as the token function chunking needs."""
     # verbose=False: whole documents are longer than the model's input on purpose (they are counted to
     # be split), so transformers' "sequence length is longer than the maximum" warning does not apply.
     return lambda text: tokenizer.encode(text, add_special_tokens=False, verbose=False)

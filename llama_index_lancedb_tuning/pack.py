@@ -16,7 +16,7 @@ from llama_index.core.response_synthesizers import BaseSynthesizer, get_response
 from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.schema import BaseNode, Document, NodeWithScore
 
-from .chunking import chunk_corpus
+from .chunking import chunk_corpus, token_counter
 from .config import QUERY_TYPES, ChunkingConfig
 from .errors import TuningError
 from .encoding import load_embed_model
@@ -48,7 +48,7 @@ def _document_nodes(
     corpus = {d.doc_id: d.text for d in documents if d.text.strip()}
     if not corpus:
         raise TuningError("the documents hold no text; check what was loaded")
-    return chunk_corpus(corpus, lambda t: tokenizer.encode(t, add_special_tokens=False), chunk_size, chunk_overlap, fix_glued_words)
+    return chunk_corpus(corpus, token_counter(tokenizer), chunk_size, chunk_overlap, fix_glued_words)
 
 
 class FinetunedLanceDBRetrieverPack(BaseLlamaPack):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,8 +58,9 @@ def comparison_table(results: Sequence[EvalResult], k: int = 5) -> str:
     return "\n".join(lines)
 
 
-def comparison_plot(results: Sequence[EvalResult], path: str | Path, k: int = 5, title: str = "") -> Path:
-    """Hit-rate@k (with 95% CI whiskers and McNemar p against the baseline) and MRR@k per query type, one colour per model."""
+def comparison_figure(results: Sequence[EvalResult], k: int = 5, title: str = "") -> Any:
+    """Hit-rate@k (with 95% CI whiskers and McNemar p against the baseline) and MRR@k per query type,
+    one colour per model; a matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,6 +92,14 @@ def comparison_plot(results: Sequence[EvalResult], path: str | Path, k: int = 5,
     fig.legend(*hit_ax.get_legend_handles_labels(), loc="upper right", ncol=len(models), frameon=False)
     fig.suptitle(title or f"{n} held-out queries", x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return fig
+
+
+def comparison_plot(results: Sequence[EvalResult], path: str | Path, k: int = 5, title: str = "") -> Path:
+    """`comparison_figure` saved as a PNG at `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = comparison_figure(results, k, title)
     path = Path(path)
     fig.savefig(path, dpi=120)
     plt.close(fig)
