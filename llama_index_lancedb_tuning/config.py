@@ -107,7 +107,7 @@ class ChunkingConfig:
     chunk_overlap: int = field(default=16, metadata={"help": "tokens shared by neighbouring nodes", "flag": "--chunk-overlap"})
     fix_glued_words: bool = field(
         default=True,
-        metadata={"help": "re-space words PDF extraction ran together (data.split_glued_words)", "flag": "--keep-glued-words"},
+        metadata={"help": "re-space words PDF extraction ran together (chunking.split_glued_words)", "flag": "--keep-glued-words"},
     )
 
     def __post_init__(self) -> None:
