@@ -143,7 +143,7 @@ def test_empty_and_repeated_rows_are_skipped_and_merged_with_a_warning(tmp_path,
     assert len(ds.relevant_docs[ds.query_ids[0]]) == 2
     messages = [r.getMessage() for r in caplog.records]
     assert any("skipped 2 rows with an empty query or context" in m for m in messages), messages
-    assert any("2 rows repeat an earlier query" in m for m in messages), messages
+    assert any("2 rows repeated an earlier query" in m for m in messages), messages
 
 
 # -- bad options ------------------------------------------------------------------------
