@@ -16,13 +16,14 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
-from .wording import counted
 from .config import ChunkingConfig, FinetuneConfig, InvalidSetting, RunConfig, SearchConfig, recommended_finetune
 from .errors import TuningError
 from .redaction import RedactSecrets, redact
+from .wording import counted
 
 _EXAMPLES = {
     "run": "example:\n  lancedb-tune run examples/sample_qa.csv --out runs/sample\n"
+    "  lancedb-tune run lyft_train.json --eval-data uber_test.json --out runs/lyft_uber\n"
     "  lancedb-tune run docs/ --queries labels.csv --out runs/docs --pairs offline",
     "evaluate": "example:\n  lancedb-tune evaluate examples/sample_qa.csv --model runs/sample/model --out runs/sample-eval",
     "generate": "example:\n  lancedb-tune generate docs/ --out pairs.json --llm offline",
@@ -124,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(run, FinetuneConfig, recipe=True)
     run.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints left by a killed run (default: off)")
     run.add_argument("--queries", default=None, help="labeled CSV to evaluate on when DATA is a documents directory or file (default: none)")
+    run.add_argument(
+        "--eval-data",
+        default=None,
+        help="labeled CSV or QA dataset JSON to score on, with its own corpus, instead of a held-out split of DATA; "
+        "DATA then trains in full (default: none)",
+    )
 
     gen = _subcommand(
         sub,
@@ -189,19 +196,22 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         raise exc.worded(_flag_of) from None
 
 
-def _check_labeled_file(path: str, command: str) -> None:
-    """A readable labeled CSV or JSON file, checked before the loaders (and torch) are imported."""
-    target = Path(path)
+def _check_labeled_file(path: str, command: str, flag: str = "") -> None:
+    """A readable labeled CSV or JSON file, checked before the loaders (and torch) are imported.
+
+    `flag`: the option that named the file, to start the message with.
+    """
+    target, named = Path(path), f"{flag} {path}".lstrip()
     if target.is_dir():
         if command == "run":
-            raise TuningError(f"{path} is a documents directory; pass a labeled CSV to evaluate on with --queries")
-        raise TuningError(f"{path} is a directory; pass a labeled CSV file")
+            raise TuningError(f"{named} is a documents directory; pass a labeled CSV to evaluate on with --queries")
+        raise TuningError(f"{named} is a directory; pass a labeled CSV file")
     if not target.exists():
-        raise TuningError(f"{path}: no such file; check the path")
+        raise TuningError(f"{named}: no such file; check the path")
     try:
         target.open("rb").close()
     except OSError as exc:
-        raise TuningError(f"{path}: cannot read ({exc.strerror}); check its permissions") from None
+        raise TuningError(f"{named}: cannot read ({exc.strerror}); check its permissions") from None
 
 
 def _check_writable_file(path: str) -> None:
@@ -229,7 +239,14 @@ def _check_inputs(args: argparse.Namespace) -> None:
             raise TuningError(f"{args.docs}: no such file or directory; check the path")
         _check_writable_file(args.out)
         return
-    if args.command == "run" and args.queries:
+    if args.command == "run" and args.eval_data:
+        if args.queries:
+            raise TuningError("--queries and --eval-data both name the queries to score on; pass one of them")
+        if args.test_size is not None:
+            raise TuningError("--test-size splits DATA, but --eval-data scores on another file; drop one of them")
+        _check_labeled_file(args.data, args.command)
+        _check_labeled_file(args.eval_data, "evaluate", "--eval-data")
+    elif args.command == "run" and args.queries:
         if not Path(args.data).exists():
             raise TuningError(f"{args.data}: no such file or directory; check the path")
         _check_labeled_file(args.queries, "evaluate")
@@ -281,7 +298,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.queries:
             documents, labeled = load_documents(args.data), args.queries
         dataset = load_dataset(labeled, args.query_column, args.context_column)
-        report = tune_and_evaluate(dataset, args.out, config, documents, dataset_path=labeled, force=args.force, resume=not args.no_resume)
+        eval_dataset = load_dataset(args.eval_data, args.query_column, args.context_column) if args.eval_data else None
+        report = tune_and_evaluate(
+            dataset,
+            args.out,
+            config,
+            documents,
+            dataset_path=labeled,
+            force=args.force,
+            resume=not args.no_resume,
+            eval_dataset=eval_dataset,
+            eval_path=args.eval_data or "",
+        )
     else:
         dataset = load_dataset(args.data, args.query_column, args.context_column)
         report = evaluate_model(dataset, args.model, args.out, config, dataset_path=args.data, force=args.force)

@@ -10,18 +10,13 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from filelock import FileLock, Timeout
 from llama_index.core.schema import TextNode
 
 from .caveats import MEANINGFUL_HALF_WIDTH, corpus_overlap_warnings, queries_for_half_width, sample_size_warnings
-from .wording import counted
 from .chunking import chunk_corpus, model_tokenizer
 from .config import ChunkingConfig, RerankerSpec, RunConfig
 from .dataset import QADataset
@@ -32,9 +27,11 @@ from .finetune import EmbeddingFinetuner
 from .index import LanceDBIndex
 from .jsonfile import read_json, write_json
 from .metrics import EvalResult, with_significance
-from .report import comparison_plot, comparison_table
 from .models import DEFAULT_MODEL, resolve_model
+from .report import comparison_plot, comparison_table
 from .rerank import hybrid_reranker, node_reranker, reranker_name
+from .run_directory import claim_tables, locked_output, prepare_output
+from .wording import counted
 
 logger = logging.getLogger(__name__)
 
@@ -70,27 +67,6 @@ def score_model(
     return results
 
 
-def claim_tables(out: Path, table_names: list[str]) -> str:
-    """The LanceDB uri under `out` where these tables may be overwritten: each was created there
-    by this tool, or is not there yet.
-
-    The tables it creates are recorded in `out/tables.json` before they are written, so a table
-    a user keeps in `out/lancedb` is never replaced.
-    """
-    uri = out / "lancedb"
-    owned = read_json(out / _TABLES_FILE) or []
-    for name in table_names:
-        # A local LanceDB table is the directory NAME.lance under the uri.
-        if name not in owned and (uri / f"{name}.lance").exists():
-            raise TuningError(f"{uri} already holds a table '{name}' that lancedb-tune did not create; choose another --out")
-    write_json(out / _TABLES_FILE, sorted({*owned, *table_names}))
-    return str(uri)
-
-
-_TABLES_FILE = "tables.json"
-_LOCK_FILE = ".lock"
-
-
 def _cached_results(path: Path) -> list[EvalResult] | None:
     if not path.exists():
         return None
@@ -102,66 +78,21 @@ def _save_results(path: Path, results: list[EvalResult]) -> None:
     write_json(path, [{**r.to_dict(), "per_query": r.per_query} for r in results])
 
 
-@contextmanager
-def locked_output(out: Path) -> Iterator[None]:
-    """Create `out` and hold its lock: a second run into the same directory is refused while this one runs."""
-    if out.exists() and not out.is_dir():
-        raise TuningError(f"--out {out} is a file; pass a directory for the report")
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TuningError(f"cannot create output directory {out} ({exc.strerror}); choose another --out") from None
-    lock = FileLock(out / _LOCK_FILE)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise TuningError(f"{out} is in use by another lancedb-tune run; wait for it to finish or choose another --out") from None
-    try:
-        yield
-    finally:
-        lock.release()
-        if created and all(p.name in (_LOCK_FILE, _TABLES_FILE, "settings.json") for p in out.iterdir()):
-            shutil.rmtree(out)  # a run that failed before any stage finished leaves no directory behind
-
-
-def _clear(out: Path) -> None:
-    """Empty `out` but for its lock, which the running command holds."""
-    for entry in out.iterdir():
-        if entry.name != _LOCK_FILE:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-
-
-def prepare_output(out: Path, force: bool, settings: dict | None = None) -> None:
-    """Refuse a finished report (unless forced); resume an unfinished run only if made with the same `settings`.
-
-    Call it inside `locked_output(out)`.
-    """
-    if (out / "report.json").exists():
-        if not force:
-            raise TuningError(f"{out} already holds a finished report; pass --force to redo it or choose another --out")
-        _clear(out)
-    settings_path = out / "settings.json"
-    if settings is not None and settings_path.exists() and json.loads(settings_path.read_text()) != settings:
-        if not force and any(p.name not in (settings_path.name, _LOCK_FILE) for p in out.iterdir()):
-            raise TuningError(
-                f"{out} holds an unfinished run made with other data or settings; rerun that command to resume it, "
-                "pass --force to start over, or choose another --out"
-            )
-        _clear(out)  # nothing cached yet, or forced: start over
-    out.mkdir(parents=True, exist_ok=True)
-    if settings is not None and not settings_path.exists():
-        write_json(settings_path, settings, indent=2)  # cached stages below are only reused for these settings
-
-
 def run_settings(
-    dataset: QADataset, config: RunConfig, documents: dict[str, str] | None, split: tuple[QADataset, QADataset] | None = None
+    dataset: QADataset,
+    config: RunConfig,
+    documents: dict[str, str] | None,
+    split: tuple[QADataset, QADataset] | None = None,
+    eval_dataset: QADataset | None = None,
 ) -> dict:
     """What a resumed run must share with the killed one: a digest of the data and the config."""
     cfg = asdict(config)
     cfg["finetune"].pop("show_progress", None)
     folds = [part.query_ids for part in split] if split else None
-    data = json.dumps([dataset.to_dict(), documents, folds], sort_keys=True, ensure_ascii=False)
+    parts = [dataset.to_dict(), documents, folds]
+    if eval_dataset is not None:  # appended only when given, so runs without eval data keep the digest they had
+        parts.append(eval_dataset.to_dict())
+    data = json.dumps(parts, sort_keys=True, ensure_ascii=False)
     return json.loads(json.dumps({"data_sha1": hashlib.sha1(data.encode("utf-8")).hexdigest(), "config": cfg}, default=str))
 
 
@@ -195,13 +126,29 @@ def check_settings(dataset: QADataset, model: str | None, config: RunConfig, spl
         node_reranker(reranker, config.k, None)  # checks the key
 
 
+def shared_query_count(train: QADataset, test: QADataset) -> int:
+    """How many of `test`'s queries are also training queries (the same text, whitespace aside)."""
+    seen = {" ".join(text.split()) for text in train.queries.values()}
+    return sum(" ".join(text.split()) in seen for text in test.queries.values())
+
+
+def _data_line(data: dict) -> str:
+    """Which data trained the model and which scored it, for report.md; empty for a run that trained nothing."""
+    if not data["n_train_queries"]:
+        return ""
+    trained = counted(data["n_train_queries"], "training query" if data["pairs"] == "labeled" else "generated pair")
+    scored = f"`{data['eval_path']}`" if data.get("eval_path") is not None else "held-out queries of the same data"
+    return f"trained on `{data['path']}` ({trained}) · scored on {scored} ({counted(data['n_test_queries'], 'query')})\n\n"
+
+
 def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> str:
     table = comparison_table(results, k)
     comparison_plot(results, out / "report.png", k)
     warnings = "".join(f"> **Warning:** {w}\n\n" for w in report.get("warnings", []))
     (out / "report.md").write_text(
         f"# Retrieval before and after fine-tuning\n\nbase model: `{report['base_model']}` · tuned model: "
-        f"`{report['tuned_model']}` · {counted(report['dataset']['n_test_queries'], 'held-out query')} · k={k}\n\n{warnings}{table}\n"
+        f"`{report['tuned_model']}` · {counted(report['dataset']['n_test_queries'], 'held-out query')} · k={k}\n\n"
+        f"{_data_line(report['dataset'])}{warnings}{table}\n"
     )
     # report.json last: its presence marks the run finished.
     write_json(out / "report.json", report, indent=2)
@@ -220,24 +167,29 @@ def training_data(
     config: RunConfig,
     documents: dict[str, str] | None,
     split: tuple[QADataset, QADataset] | None = None,
+    eval_dataset: QADataset | None = None,
 ) -> tuple[QADataset, QADataset, bool]:
     """(train, test, train_is_node_level) for the configured source of training pairs.
 
-    `labeled`: a seeded split of `dataset` by query. `offline`/`llm`: pairs generated from
-    `documents` (default: the dataset's own corpus), saved to `out/pairs.json` as they are
-    made; none of the dataset's queries is trained on, so all are test queries.
+    `labeled`: a seeded split of `dataset` by query, or all of it when `eval_dataset` holds the
+    test queries. `offline`/`llm`: pairs generated from `documents` (default: the dataset's own
+    corpus), saved to `out/pairs.json` as they are made; none of the dataset's queries is trained
+    on, so all are test queries, unless `eval_dataset` holds them.
     """
     if config.pairs == "labeled":
         if documents is not None:
             raise TuningError("a documents directory has no labeled pairs; pass --pairs offline or --pairs llm")
+        if eval_dataset is not None:
+            return dataset, eval_dataset, False
         train, test = split or dataset.split(config.test_size, config.seed)
         return train, test, False
     from .llm_pairs import generate_llm_pairs, llm_from_spec
     from .offline_pairs import generate_offline_pairs
 
+    test = dataset if eval_dataset is None else eval_dataset
     pairs_path = out / "pairs.json"
     if pairs_path.exists():
-        return QADataset.from_json(pairs_path), dataset, True
+        return QADataset.from_json(pairs_path), test, True
     nodes = build_nodes(documents or dataset.corpus, config.finetune.base_model, config)
     llm = llm_from_spec(config.llm or "offline") if config.pairs == "llm" else None
     if llm is None:
@@ -245,7 +197,7 @@ def training_data(
         train.save_json(pairs_path)
     else:
         train = generate_llm_pairs(nodes, llm, pairs_path)
-    return train, dataset, True
+    return train, test, True
 
 
 def tune_and_evaluate(
@@ -257,11 +209,14 @@ def tune_and_evaluate(
     force: bool = False,
     resume: bool = True,
     split: tuple[QADataset, QADataset] | None = None,
+    eval_dataset: QADataset | None = None,
+    eval_path: str = "",
 ) -> dict:
     """Baseline vs tuned on held-out queries; writes report.md/json/png and model/ under `out`.
 
     Args:
-        dataset: labeled queries; test queries come from it and are never trained on.
+        dataset: labeled queries; test queries come from it and are never trained on, unless
+            `eval_dataset` holds them: then all of it trains (its validation queries carved as usual).
         out: the run directory; locked while the run lasts, resumed if a killed run left it.
         config: the run's settings (default: the recommended recipe); `config.pairs` says
             where training pairs come from (see `training_data`).
@@ -270,36 +225,58 @@ def tune_and_evaluate(
         force: redo a directory that holds a finished report or another run's stages.
         resume: continue from the checkpoints a killed run left.
         split: (train, test) queries instead of the seeded split (cross-validation).
+        eval_dataset: labeled queries to score on instead of a split of `dataset`, with their own
+            corpus, which the baseline and tuned tables index; none may be a training query.
+        eval_path: where `eval_dataset` was read from, for the report.
     """
     config = config or RunConfig()
     out = Path(out)
-    check_settings(dataset, config.finetune.base_model, config, splits=config.pairs == "labeled" and split is None)
+    if eval_dataset is not None:
+        if split is not None:
+            raise TuningError("split and eval_dataset both name the test queries; pass one of them")
+        shared = shared_query_count(dataset, eval_dataset) if config.pairs == "labeled" else 0
+        if shared:
+            raise TuningError(
+                f"{shared} of {counted(len(eval_dataset), 'eval query')} also appear among the training queries; "
+                "remove them from the training or the eval data"
+            )
+    scored = dataset if eval_dataset is None else eval_dataset
+    splits = config.pairs == "labeled" and split is None and eval_dataset is None
+    check_settings(scored, config.finetune.base_model, config, splits=splits)
     with locked_output(out):
-        prepare_output(out, force, run_settings(dataset, config, documents, split))
+        prepare_output(out, force, run_settings(dataset, config, documents, split, eval_dataset))
         uri = claim_tables(out, ["baseline", "tuned"])
-        return _tune_and_evaluate(dataset, out, uri, config, documents, dataset_path, resume, split)
+        paths = (dataset_path, None if eval_dataset is None else eval_path)
+        return _tune_and_evaluate(dataset, eval_dataset, out, uri, config, documents, paths, resume, split)
 
 
 def _tune_and_evaluate(
     dataset: QADataset,
+    eval_dataset: QADataset | None,
     out: Path,
     uri: str,
     config: RunConfig,
     documents: dict[str, str] | None,
-    dataset_path: str,
+    paths: tuple[str, str | None],
     resume: bool,
     split: tuple[QADataset, QADataset] | None,
 ) -> dict:
     t0 = time.perf_counter()
-    train, test, node_level = training_data(dataset, out, config, documents, split)
-    overlap = set(train.queries.values()) & set(test.queries.values())
-    if overlap:
-        raise TuningError(f"{len(overlap)} test queries also appear among training queries; remove them from the training data")
+    train, test, node_level = training_data(dataset, out, config, documents, split, eval_dataset)
+    shared = shared_query_count(train, test)
+    if shared:
+        raise TuningError(f"{shared} test queries also appear among training queries; remove them from the training data")
     tuning = config.finetune
     n_val = math.ceil(tuning.val_fraction * len(train)) if tuning.val_fraction > 0 else None
-    warnings = _warn(sample_size_warnings(len(test), n_val) + (corpus_overlap_warnings(documents, dataset.corpus) if documents else []))
+    # Eval data from another corpus is the point of eval data, not a mistake to warn about.
+    mismatch = corpus_overlap_warnings(documents, dataset.corpus) if documents and eval_dataset is None else []
+    warnings = _warn(sample_size_warnings(len(test), n_val) + mismatch)
     base = tuning.base_model
-    nodes = build_nodes(dataset.corpus, base, config)
+    scored_corpus = dataset.corpus if eval_dataset is None else eval_dataset.corpus
+    nodes = build_nodes(scored_corpus, base, config)
+    train_nodes = None  # generated pairs already point at passages
+    if not node_level:  # labeled pairs point at whole training documents: the finetuner picks positives among their nodes
+        train_nodes = nodes if eval_dataset is None else build_nodes(dataset.corpus, base, config)
     timings: dict[str, float] = {}
 
     baseline = _cached_results(out / "baseline_results.json")
@@ -310,8 +287,7 @@ def _tune_and_evaluate(
     model_dir = out / "model"
     t = time.perf_counter()
     if read_json(model_dir / "metrics.json") is None:  # absent, or torn by a kill mid-write
-        # Generated pairs already point at passages; labeled ones point at whole documents.
-        EmbeddingFinetuner(tuning).fit(train, model_dir, None if node_level else nodes, resume=resume)
+        EmbeddingFinetuner(tuning).fit(train, model_dir, train_nodes, resume=resume)
     timings["finetune"] = round(time.perf_counter() - t, 2)
 
     tuned = score_model(str(model_dir), "tuned", nodes, test, uri, "tuned", config, timings)
@@ -324,8 +300,9 @@ def _tune_and_evaluate(
         "base_model": base or DEFAULT_MODEL,
         "tuned_model": str(model_dir),
         "dataset": {
-            "path": dataset_path,
-            "n_corpus": len(dataset.corpus),
+            "path": paths[0],
+            "eval_path": paths[1],
+            "n_corpus": len(scored_corpus),
             "n_nodes": len(nodes),
             "n_train_queries": len(train),
             "n_test_queries": len(test),
@@ -373,7 +350,14 @@ def evaluate_model(
             "k": config.k,
             "base_model": model or DEFAULT_MODEL,
             "tuned_model": None,
-            "dataset": {"path": dataset_path, "n_corpus": len(dataset.corpus), "n_nodes": len(nodes), "n_train_queries": 0, "n_test_queries": len(dataset)},
+            "dataset": {
+                "path": dataset_path,
+                "eval_path": None,
+                "n_corpus": len(dataset.corpus),
+                "n_nodes": len(nodes),
+                "n_train_queries": 0,
+                "n_test_queries": len(dataset),
+            },
             "results": [r.to_dict() for r in results],
             "timings_s": {**timings, "total": round(time.perf_counter() - t0, 2)},
             "warnings": warnings,

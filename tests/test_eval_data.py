@@ -1,0 +1,143 @@
+"""Train on one dataset, score on another (`--eval-data`), on slices of the real Lyft -> Uber 10-K data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA
+
+from llama_index_lancedb_tuning import QADataset, RunConfig, TuningError, load_dataset, tune_and_evaluate
+from llama_index_lancedb_tuning.cli import main
+from llama_index_lancedb_tuning.config import recommended_finetune
+from llama_index_lancedb_tuning.pipeline import build_nodes, run_settings, training_data
+
+ROOT = Path(__file__).resolve().parents[1]
+LYFT = SHARED_DATA / "lyft_uber_10k" / "train_dataset.json"
+UBER = SHARED_DATA / "lyft_uber_10k" / "val_dataset.json"
+SLICE = 24
+
+
+def _slice(dataset: QADataset, n: int) -> QADataset:
+    """The first `n` queries over only the documents they point at."""
+    ids = dataset.query_ids[:n]
+    docs = {d for q in ids for d in dataset.relevant_docs[q]}
+    return QADataset(
+        {q: dataset.queries[q] for q in ids},
+        {d: t for d, t in dataset.corpus.items() if d in docs},
+        {q: dataset.relevant_docs[q] for q in ids},
+    )
+
+
+@pytest.fixture(scope="module")
+def lyft() -> QADataset:
+    return load_dataset(LYFT)
+
+
+@pytest.fixture(scope="module")
+def uber() -> QADataset:
+    return load_dataset(UBER)
+
+
+@pytest.fixture(scope="module")
+def slice_files(tmp_path_factory, lyft, uber) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("slices")
+    train, test = folder / "lyft.json", folder / "uber.json"
+    _slice(lyft, SLICE).save_json(train)
+    _slice(uber, SLICE).save_json(test)
+    return train, test
+
+
+def test_the_lyft_training_file_loads_merged_and_splits_by_the_seed(lyft, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        again = load_dataset(LYFT)
+    assert "10 queries repeated an earlier query" in caplog.text
+    assert (len(again), len(again.corpus)) == (658, 334)  # 668 rows, 10 of them repeats
+    train, test, node_level = training_data(lyft, tmp_path, RunConfig(), None)
+    assert (len(train), len(test), node_level) == (526, 132, False)
+    assert not set(train.queries.values()) & set(test.queries.values())
+    again_train, _, _ = training_data(lyft, tmp_path, RunConfig(), None)
+    assert again_train.query_ids == train.query_ids  # seeded: the same split every run
+
+
+def test_cli_run_trains_on_one_file_and_scores_every_query_of_the_other(slice_files, tmp_path, capsys):
+    train_path, eval_path = slice_files
+    out = tmp_path / "run"
+    argv = ["run", str(train_path), "--eval-data", str(eval_path), "--out", str(out), "--epochs", "1", "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    test = QADataset.from_json(eval_path)
+    data = report["dataset"]
+    assert data["path"] == str(train_path) and data["eval_path"] == str(eval_path)
+    # No split: every training query trains, every eval query is scored.
+    assert (data["n_train_queries"], data["n_test_queries"]) == (SLICE, SLICE)
+    assert data["n_corpus"] == len(test.corpus) and data["n_nodes"] > len(test.corpus)  # the eval corpus is indexed
+    assert {r["n"] for r in report["results"]} == {SLICE}
+    assert {(r["model"], r["query_type"]) for r in report["results"]} == {
+        (m, t) for m in ("baseline", "tuned") for t in ("vector", "fts", "reranked_vector", "reranked_fts", "hybrid")
+    }
+    assert all(key in report for key in ("k", "base_model", "tuned_model", "results", "timings_s"))
+    md = (out / "report.md").read_text()
+    assert f"trained on `{train_path}` ({SLICE} training queries)" in md and f"scored on `{eval_path}` ({SLICE} queries)" in md
+
+
+def test_eval_queries_that_are_training_queries_are_refused_with_their_count(lyft, uber, tmp_path):
+    train, test = _slice(lyft, SLICE), _slice(uber, SLICE)
+    leaked = QADataset(
+        {**test.queries, **{f"leak-{q}": " " + train.queries[q] for q in train.query_ids[:3]}},
+        {**test.corpus, **train.corpus},
+        {**test.relevant_docs, **{f"leak-{q}": train.relevant_docs[q] for q in train.query_ids[:3]}},
+    )
+    with pytest.raises(TuningError, match=rf"^3 of {SLICE + 3} eval queries also appear among the training queries; remove them"):
+        tune_and_evaluate(train, tmp_path / "out", RunConfig(), eval_dataset=leaked)
+    assert not (tmp_path / "out").exists()  # refused before the run directory or any model
+
+
+def test_generated_pairs_come_from_the_training_corpus_and_every_eval_query_is_scored(lyft, uber, tmp_path):
+    train, test = _slice(lyft, SLICE), _slice(uber, SLICE)
+    config = RunConfig(pairs="offline")
+    pairs, scored, node_level = training_data(train, tmp_path, config, None, eval_dataset=test)
+    assert scored is test and node_level
+    lyft_nodes = {node.node_id for node in build_nodes(train.corpus, None, config)}
+    # Inverse-cloze passages are node texts with the question's sentence taken out, filed as NODE_ID#N.
+    assert len(pairs) > 0 and {pair.rpartition("#")[0] for pair in pairs.corpus} <= lyft_nodes
+    assert QADataset.from_json(tmp_path / "pairs.json").queries == pairs.queries  # saved for a resumed run
+
+
+def test_the_resume_digest_changes_with_the_eval_data(lyft, uber):
+    train, config = _slice(lyft, SLICE), RunConfig(finetune=replace(recommended_finetune("labeled"), epochs=1))
+    first, second = _slice(uber, SLICE), _slice(uber, SLICE + 1)
+    assert run_settings(train, config, None, None, first) == run_settings(train, config, None, None, first)
+    assert run_settings(train, config, None, None, first) != run_settings(train, config, None, None, second)
+    assert run_settings(train, config, None) != run_settings(train, config, None, None, first)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--eval-data", "{tmp}/missing.json"], "--eval-data {tmp}/missing.json: no such file; check the path"),
+        (["--eval-data", "{tmp}"], "--eval-data {tmp} is a directory; pass a labeled CSV file"),
+        (["--eval-data", "{test}", "--queries", "{test}"], "--queries and --eval-data both name the queries to score on"),
+        (["--eval-data", "{test}", "--test-size", "0.3"], "--test-size splits DATA, but --eval-data scores on another file"),
+    ],
+)
+def test_eval_data_mistakes_answer_in_one_line_before_torch_is_imported(slice_files, tmp_path, extra, expected):
+    train_path, eval_path = slice_files
+    argv = ["run", str(train_path), *(a.format(tmp=tmp_path, test=eval_path) for a in extra), "--out", str(tmp_path / "out")]
+    code = (
+        "import sys; from llama_index_lancedb_tuning.cli import main; code = main(sys.argv[1:]); "
+        "heavy = [m for m in ('torch', 'sentence_transformers', 'transformers', 'lancedb') if m in sys.modules]; "
+        "sys.exit(code if not heavy else 99)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code, *argv], check=False, capture_output=True, text=True, env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr  # 99: a heavy library was imported before the mistake was named
+    assert len(lines) == 1 and expected.format(tmp=tmp_path) in lines[0] and proc.stdout == "", proc.stderr
+    assert not (tmp_path / "out").exists()
