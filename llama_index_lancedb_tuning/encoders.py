@@ -68,7 +68,7 @@ class EncoderPair(BaseEmbedding):
     def __init__(self, query_encoder: BaseEmbedding, document_encoder: BaseEmbedding, **kwargs: Any) -> None:
         kwargs.setdefault("model_name", f"{encoder_name(query_encoder)} | {encoder_name(document_encoder)}")
         kwargs.setdefault("embed_batch_size", document_encoder.embed_batch_size)
-        super().__init__(query_encoder=query_encoder, document_encoder=document_encoder, **kwargs)
+        super().__init__(query_encoder=query_encoder, document_encoder=document_encoder, **kwargs)  # type: ignore[call-arg]
 
     @classmethod
     def class_name(cls) -> str:

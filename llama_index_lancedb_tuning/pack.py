@@ -19,12 +19,12 @@ from llama_index.core.schema import BaseNode, Document, NodeWithScore
 from .chunking import chunk_corpus
 from .config import QUERY_TYPES, ChunkingConfig, SearchConfig
 from .dataset import QADataset
-from .errors import TuningError
 from .encoding import load_embed_model
+from .errors import TuningError
 from .index import LanceDBIndex
-from .store import DEFAULT_TABLE, DEFAULT_URI, TableMode
 from .metrics import EvalResult
 from .rerank import hybrid_reranker, node_reranker, reranker_name
+from .store import DEFAULT_TABLE, DEFAULT_URI, TableMode
 from .table_tuning import TuneMode, tune_index
 
 if TYPE_CHECKING:

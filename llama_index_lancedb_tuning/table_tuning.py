@@ -32,9 +32,10 @@ _RECIPE_FIELDS = ("freeze_passages",)
 def default_output_dir(index: LanceDBIndex, mode: TuneMode) -> Path:
     """Beside a local table: `<uri>/<table>.<mode>-tuned-v<version>`, new for each tuning of the table."""
     table = index.table
-    if "://" in table.uri and not table.uri.startswith("file://"):
+    uri = getattr(table, "uri", None)  # a LanceDB Cloud table has none
+    if not isinstance(uri, str) or ("://" in uri and not uri.startswith("file://")):
         raise TuningError(f"table '{table.name}' is not on local disk; pass output_dir= for the tuned model")
-    return Path(table.uri.removeprefix("file://")).parent / f"{table.name}.{mode}-tuned-v{table.version}"
+    return Path(uri.removeprefix("file://")).parent / f"{table.name}.{mode}-tuned-v{table.version}"
 
 
 def tuning_config(index: LanceDBIndex, mode: TuneMode, overrides: dict[str, Any]) -> FinetuneConfig:

@@ -169,8 +169,7 @@ def test_a_llamaindex_written_table_opens_evaluates_and_query_tunes(tmp_path, sm
     assert reopened.document_encoder.model_name == default_model_path and reopened.query_encoder is not reopened.document_encoder
 
 
-def test_a_dataset_over_other_documents_is_refused(tmp_path, small_nodes, split, default_model_path):
-    train, _ = split
+def test_a_dataset_over_other_documents_is_refused(tmp_path, small_nodes, default_model_path):
     pack = _pack(tmp_path, small_nodes, default_model_path)
     stranger = QADataset({"q": "what?"}, {"elsewhere": "text"}, {"q": ["elsewhere"]})
     with pytest.raises(TuningError, match="absent from the corpus"):
