@@ -10,6 +10,7 @@ model rather than a version, and survives later appends and `cleanup_old_version
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lancedb
@@ -33,9 +34,16 @@ class EncoderNames:
 
 
 def encoder_name(model: BaseEmbedding) -> str | None:
-    """The path or hub id a LlamaIndex embedding loads from, when it has one."""
+    """The hub id or the absolute path a LlamaIndex embedding loads from, when it has one.
+
+    A relative path is made absolute: the name is recorded with the table and must load from
+    wherever the app runs next.
+    """
     name = getattr(model, "model_name", None)
-    return name if isinstance(name, str) and name and name != "unknown" else None
+    if not isinstance(name, str) or not name or name == "unknown":
+        return None
+    path = Path(name).expanduser()
+    return str(path.absolute()) if path.exists() else name
 
 
 def recorded_encoders(table: lancedb.table.Table) -> EncoderNames | None:
