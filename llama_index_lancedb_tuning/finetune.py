@@ -6,6 +6,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -158,6 +159,7 @@ class EmbeddingFinetuner:
         output_dir: str | Path,
         nodes: list[TextNode] | None = None,
         resume: bool = False,
+        stored_vectors: Mapping[str, Sequence[float]] | None = None,
     ) -> FinetuneResult:
         """Fine-tune on `train` and save a sentence-transformers model plus `metrics.json` in `output_dir`.
 
@@ -168,20 +170,30 @@ class EmbeddingFinetuner:
                 the model finished. Checkpoints live there while training runs and are removed after.
             nodes: the chunks the corpus documents were split into (None: one node per document).
             resume: continue from the newest complete checkpoint a killed run left in `output_dir`.
+            stored_vectors: node id -> the vector a table already holds for that node; with
+                `freeze_passages`, the query encoder is trained against these instead of the base
+                model's encoding of the node texts (every node needs one).
 
         Raises:
             TuningError: training diverged (non-finite weights or embeddings); nothing is marked finished.
         """
         with transformers_bars_off():
-            return self._fit(train, Path(output_dir), nodes, resume)
+            return self._fit(train, Path(output_dir), nodes, resume, stored_vectors)
 
-    def _fit(self, train: QADataset, output_dir: Path, nodes: list[TextNode] | None, resume: bool) -> FinetuneResult:
+    def _fit(
+        self,
+        train: QADataset,
+        output_dir: Path,
+        nodes: list[TextNode] | None,
+        resume: bool,
+        stored_vectors: Mapping[str, Sequence[float]] | None,
+    ) -> FinetuneResult:
         cfg = self.config
         start = time.perf_counter()
         fit_ds, val_ds = train.split(cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (train, None)
         by_source = source_nodes(train, nodes)
         model = SentenceTransformer(resolve_model(cfg.base_model))
-        loss = QueryOnlyLoss.for_corpus(model, by_source) if cfg.freeze_passages else None
+        loss = QueryOnlyLoss.for_corpus(model, by_source, stored_vectors) if cfg.freeze_passages else None
         # Positives are picked by the base model for every training query at once, so a refit
         # reuses them; with frozen passages the loss's vectors serve, encoded only once.
         all_pairs = training_pairs(train, by_source, model, cfg.positives, loss.vectors_by_text() if loss else None)

@@ -19,10 +19,21 @@ from llama_index.core.schema import BaseNode
 from llama_index.vector_stores.lancedb import LanceDBVectorStore
 
 from .config import HYBRID_OVERFETCH, QUERY_TYPES, RERANK_OVERFETCH, QueryType
+from .encoders import EncoderPair, recorded_encoders
 from .encoding import load_embed_model
 from .errors import TuningError
 from .retrievers import LanceDBRetriever, RerankedRetriever
-from .store import DEFAULT_TABLE, DEFAULT_URI, TableMode, append_nodes, connect, open_table, vector_dim, write_nodes
+from .store import (
+    DEFAULT_TABLE,
+    DEFAULT_URI,
+    TableMode,
+    append_nodes,
+    connect,
+    ensure_fts_index,
+    open_table,
+    vector_dim,
+    write_nodes,
+)
 
 
 @dataclass
@@ -31,11 +42,26 @@ class LanceDBIndex:
 
     Args:
         table: the LanceDB table.
-        embed_model: the LlamaIndex embedding its vectors were made with.
+        embed_model: the LlamaIndex embedding its vectors were made with (the document encoder).
+        query_encoder: the model that embeds queries when it is not `embed_model`: one tuned
+            against the table's frozen vectors (None: `embed_model` embeds queries too).
     """
 
     table: lancedb.table.Table
     embed_model: BaseEmbedding
+    query_encoder: BaseEmbedding | None = None
+
+    @property
+    def query_model(self) -> BaseEmbedding:
+        """The model that embeds queries."""
+        return self.query_encoder or self.embed_model
+
+    @property
+    def embedding(self) -> BaseEmbedding:
+        """One LlamaIndex embedding for both sides: an `EncoderPair` when queries have their own encoder."""
+        if self.query_encoder is None:
+            return self.embed_model
+        return EncoderPair(query_encoder=self.query_encoder, document_encoder=self.embed_model)
 
     @classmethod
     def build(
@@ -71,24 +97,37 @@ class LanceDBIndex:
         uri: str = DEFAULT_URI,
         table_name: str = DEFAULT_TABLE,
         storage_options: dict[str, str] | None = None,
+        query_encoder: str | BaseEmbedding | None = None,
     ) -> LanceDBIndex:
-        """Reopen an existing table without re-embedding; the model must match its dimension.
+        """Reopen an existing table without re-embedding; the models must match its dimension.
+
+        A table written by LlamaIndex's `LanceDBVectorStore` opens too; a missing full-text index
+        is built (only the index: rows and vectors are untouched).
 
         Args:
-            embed_model: the model the table was built with (a LlamaIndex embedding, path or hub id).
+            embed_model: the model the table was built with (a LlamaIndex embedding, path or hub id);
+                None: the document encoder recorded with the table by tuning, else the bundled MiniLM.
             uri: where the table lives.
             table_name: the table.
             storage_options: passed to LanceDB as is.
+            query_encoder: a model that embeds queries instead of `embed_model`; None: the one recorded
+                with the table when `embed_model` is None too, else `embed_model`.
         """
         table = open_table(connect(uri, storage_options), table_name)
-        model = load_embed_model(embed_model)
-        dim = len(model.get_query_embedding("dimension check"))
-        if dim != vector_dim(table):
-            raise TuningError(
-                f"table '{table_name}' holds {vector_dim(table)}-dim vectors but the model makes {dim}-dim ones; "
-                "open it with the model it was built with"
-            )
-        return cls(table, model)
+        recorded = recorded_encoders(table) if embed_model is None else None
+        model = load_embed_model(embed_model if recorded is None else recorded.document_encoder)
+        if query_encoder is None and recorded is not None and recorded.query_encoder != recorded.document_encoder:
+            query_encoder = recorded.query_encoder
+        queries = None if query_encoder is None else load_embed_model(query_encoder)
+        for role, m in (("model", model), ("query encoder", queries)):
+            dim = None if m is None else len(m.get_query_embedding("dimension check"))
+            if dim is not None and dim != vector_dim(table):
+                raise TuningError(
+                    f"table '{table_name}' holds {vector_dim(table)}-dim vectors but the {role} makes {dim}-dim ones; "
+                    "open it with the model it was built with"
+                )
+        ensure_fts_index(table)
+        return cls(table, model, queries)
 
     def add(self, nodes: Sequence[BaseNode], show_progress: bool = False) -> None:
         """Append nodes; the full-text index is rebuilt so new text is searchable at once."""
@@ -99,7 +138,7 @@ class LanceDBIndex:
         return LanceDBVectorStore(connection=self.table._conn, table=self.table, mode="append")  # type: ignore[attr-defined]
 
     def vector_store_index(self) -> VectorStoreIndex:
-        return VectorStoreIndex.from_vector_store(self.vector_store(), embed_model=self.embed_model)
+        return VectorStoreIndex.from_vector_store(self.vector_store(), embed_model=self.embedding)
 
     def retriever(
         self,
@@ -120,10 +159,10 @@ class LanceDBIndex:
             if reranker is None:
                 raise TuningError(f"query type '{query_type}' needs a reranker")
             candidates = similarity_top_k * overfetch
-            base = LanceDBRetriever(self.table, self.embed_model, query_type[len("reranked_") :], candidates)  # type: ignore[arg-type]
+            base = LanceDBRetriever(self.table, self.query_model, query_type[len("reranked_") :], candidates)  # type: ignore[arg-type]
             return RerankedRetriever(base, reranker, similarity_top_k)
         depth = similarity_top_k * hybrid_overfetch if query_type == "hybrid" else None
-        return LanceDBRetriever(self.table, self.embed_model, query_type, similarity_top_k, hybrid_reranker, hybrid_depth=depth)  # type: ignore[arg-type]
+        return LanceDBRetriever(self.table, self.query_model, query_type, similarity_top_k, hybrid_reranker, hybrid_depth=depth)  # type: ignore[arg-type]
 
     def retrievers(
         self,

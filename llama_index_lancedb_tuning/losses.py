@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,10 +64,22 @@ class QueryOnlyLoss(nn.Module):
         return [t for t, _ in items], [s for _, s in items]
 
     @classmethod
-    def for_corpus(cls, model: SentenceTransformer, by_source: dict[str, list[TextNode]]) -> QueryOnlyLoss:
-        """The loss over every node of `by_source`, embedded once with the (still untrained) model."""
+    def for_corpus(
+        cls, model: SentenceTransformer, by_source: dict[str, list[TextNode]], stored_vectors: Mapping[str, Sequence[float]] | None = None
+    ) -> QueryOnlyLoss:
+        """The loss over every node of `by_source`, its passages embedded once with the (still untrained) model,
+        or, with `stored_vectors` (node id -> vector, e.g. a table's own), those vectors as they are.
+
+        Stored vectors keep the loss exact for a table whose documents were embedded with text the
+        node's `text` alone does not hold (LlamaIndex embeds metadata too), and save encoding the corpus.
+        """
         texts, sources = cls.node_texts(by_source)
-        vectors = model.encode(texts, batch_size=ENCODE_BATCH, normalize_embeddings=True, convert_to_tensor=True).detach().clone()
+        if stored_vectors is None:
+            vectors = model.encode(texts, batch_size=ENCODE_BATCH, normalize_embeddings=True, convert_to_tensor=True).detach().clone()
+        else:
+            node_of = {(n.text, s): n.node_id for s, ns in by_source.items() for n in reversed(ns)}  # the first node of equal ones
+            rows = np.asarray([stored_vectors[node_of[(t, s)]] for t, s in zip(texts, sources)], dtype=np.float32)
+            vectors = nn.functional.normalize(torch.from_numpy(rows), dim=-1).to(model.device)
         codes = {s: i for i, s in enumerate(sorted(set(sources)))}
         return cls(model, texts, vectors, torch.tensor([codes[s] for s in sources]))
 

@@ -6,7 +6,7 @@ import ast
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.llms import LLM
@@ -17,12 +17,18 @@ from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.schema import BaseNode, Document, NodeWithScore
 
 from .chunking import chunk_corpus, token_counter
-from .config import QUERY_TYPES, ChunkingConfig
-from .errors import TuningError
+from .config import QUERY_TYPES, ChunkingConfig, SearchConfig
+from .dataset import QADataset
 from .encoding import load_embed_model
+from .errors import TuningError
 from .index import LanceDBIndex
+from .metrics import EvalResult
+from .rerank import hybrid_reranker, node_reranker, reranker_name
 from .store import DEFAULT_TABLE, DEFAULT_URI, TableMode
-from .rerank import hybrid_reranker, node_reranker
+from .table_tuning import TuneMode, tune_index
+
+if TYPE_CHECKING:
+    from .finetune import FinetuneResult
 
 try:  # llama-index-core <= 0.14.20 ships the base class; 0.14.21+ removed it.
     from llama_index.core.llama_pack import BaseLlamaPack
@@ -58,6 +64,11 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
     With neither `documents` nor `nodes`, an existing table is opened without re-embedding.
     `mode="create"` (default) never touches an existing table; `append` adds to it and
     `overwrite` replaces it, both only when asked for.
+
+    Two encoders serve the table: the document encoder (`embed_model`, the model its vectors
+    were made with, which embeds what `add` appends) and the query encoder (the same model, or
+    one `finetune(mode="query")` tuned against the frozen vectors). Tuning records the pair with
+    the table, and opening it with no `embed_model` brings the pair back.
     """
 
     def __init__(
@@ -78,32 +89,60 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         hybrid_fusion: str = "rrf",
         storage_options: dict[str, str] | None = None,
         show_progress: bool = False,
+        query_encoder: str | BaseEmbedding | None = None,
     ) -> None:
         if query_type not in QUERY_TYPES:
             raise TuningError(f"unknown query_type '{query_type}'; use one of {', '.join(QUERY_TYPES)}")
         if documents is not None and nodes is not None:
             raise TuningError("pass documents= or nodes=, not both")
-        model = load_embed_model(embed_model)
-        if documents is not None:
-            nodes = _document_nodes(documents, model, chunk_size, chunk_overlap, fix_glued_words)
-        if nodes is None:
-            self.lancedb_index = LanceDBIndex.open(model, uri, table_name, storage_options)
+        if query_encoder is not None and (documents is not None or nodes is not None):
+            raise TuningError("query_encoder= opens a table tuned on the query side; to build one, pass embed_model= alone")
+        if documents is None and nodes is None:
+            self.lancedb_index = LanceDBIndex.open(embed_model, uri, table_name, storage_options, query_encoder)
         else:
+            model = load_embed_model(embed_model)
+            if documents is not None:
+                nodes = _document_nodes(documents, model, chunk_size, chunk_overlap, fix_glued_words)
+            assert nodes is not None
             self.lancedb_index = LanceDBIndex.build(nodes, model, uri, table_name, mode, storage_options, show_progress)
         self.query_type = query_type
         self.similarity_top_k = similarity_top_k
         self.llm = llm
-        self.reranker = node_reranker(reranker, similarity_top_k, model, self.lancedb_index.table)
+        self.reranker_spec = reranker
+        self.hybrid_fusion = hybrid_fusion
         self.hybrid_reranker = hybrid_reranker(hybrid_fusion)
         self._build_views()
 
     @classmethod
     def from_table(cls, uri: str = DEFAULT_URI, table_name: str = DEFAULT_TABLE, embed_model: str | BaseEmbedding | None = None, **kwargs: Any) -> FinetunedLanceDBRetrieverPack:
-        """Reopen an existing table: an app restarts without re-embedding the corpus."""
+        """Reopen an existing table: an app restarts without re-embedding the corpus.
+
+        Tables written by LlamaIndex's `LanceDBVectorStore` open too; a missing full-text index is
+        built (rows and vectors untouched).
+
+        Args:
+            uri: where the table lives.
+            table_name: the table.
+            embed_model: the model its vectors were made with; None: the pair recorded by `finetune`,
+                else the bundled MiniLM.
+            **kwargs: the constructor's other arguments (query_type, reranker, query_encoder...).
+        """
         return cls(embed_model=embed_model, uri=uri, table_name=table_name, **kwargs)
+
+    @property
+    def query_encoder(self) -> BaseEmbedding:
+        """The model that embeds queries."""
+        return self.lancedb_index.query_model
+
+    @property
+    def document_encoder(self) -> BaseEmbedding:
+        """The model that made the table's vectors and embeds what `add` appends."""
+        return self.lancedb_index.embed_model
 
     def _build_views(self) -> None:
         ix = self.lancedb_index
+        self.embed_model = ix.embedding
+        self.reranker = node_reranker(self.reranker_spec, self.similarity_top_k, self.embed_model, ix.table)
         self.retrievers = ix.retrievers(self.similarity_top_k, self.reranker, self.hybrid_reranker)
         self.retriever = self.retrievers[self.query_type]
         self.vector_store = ix.vector_store()
@@ -135,11 +174,54 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         self.lancedb_index.add(nodes)
         self._build_views()
 
+    def evaluate(self, dataset: QADataset, k: int = 5, model: str = "model") -> list[EvalResult]:
+        """Hit-rate@k and MRR@k (with n and a 95% interval) of the five query types on `dataset`.
+
+        The same retrievers at the same depths as `lancedb-tune evaluate`, so the same table and
+        model give the same numbers; a hit is a node of a relevant document (source level).
+
+        Args:
+            dataset: labeled queries whose corpus ids are the table's documents' ids.
+            k: the cut for hit-rate and MRR (and the results each retriever returns).
+            model: the label of every row.
+        """
+        from .evaluate import evaluate_retrievers
+
+        search = SearchConfig(k=k, hybrid=self.hybrid_fusion)  # type: ignore[arg-type]
+        ix = self.lancedb_index
+        reranker = node_reranker(self.reranker_spec, k, self.embed_model, ix.table)
+        retrievers = ix.retrievers(k, reranker, hybrid_reranker(search.hybrid, search.rrf_k), search.overfetch, search.hybrid_overfetch)
+        names = {qt: reranker_name(reranker) if qt.startswith("reranked_") else f"lancedb.{search.hybrid}" if qt == "hybrid" else None for qt in retrievers}
+        return evaluate_retrievers(retrievers, dataset, k, model, names)
+
+    def finetune(self, train: QADataset, mode: TuneMode = "query", output_dir: str | Path | None = None, **overrides: Any) -> FinetuneResult:
+        """Tune the embedding model on the table's own nodes and serve the result from now on.
+
+        `query`: only a query encoder learns, against the table's stored vectors, frozen; no row
+        or vector is rewritten, and `add` keeps embedding documents with the table's model.
+        `full`: both sides are tuned and every row is re-embedded (ids, text, metadata kept).
+        Either way the pair of encoders is recorded with the table, so `from_table` reopens it.
+
+        Args:
+            train: labeled queries; relevance is by document (a node's `source_id` metadata or
+                `ref_doc_id`), so its corpus ids must be the ids of the table's documents.
+                Validation queries are carved from it.
+            mode: `query` or `full`.
+            output_dir: where the tuned model goes; default beside a local table.
+            **overrides: `FinetuneConfig` fields (epochs, learning_rate, val_fraction...); bars are off
+                unless `show_progress=True`.
+        """
+        self.lancedb_index, result = tune_index(self.lancedb_index, train, mode, output_dir, **overrides)
+        self._build_views()
+        return result
+
     def get_modules(self) -> dict[str, Any]:
         return {
             "vector_store": self.vector_store,
             "index": self.index,
-            "embed_model": self.lancedb_index.embed_model,
+            "embed_model": self.embed_model,
+            "query_encoder": self.query_encoder,
+            "document_encoder": self.document_encoder,
             "table": self.lancedb_index.table,
             "retrievers": self.retrievers,
             "retriever": self.retriever,

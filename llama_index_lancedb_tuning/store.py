@@ -1,7 +1,9 @@
 """The LanceDB table: its schema, streamed writes, opening, and reading rows back as LlamaIndex nodes.
 
 Rows have the layout `LanceDBVectorStore` writes and reads (id, doc_id, vector, text,
-metadata with `_node_content`), so the table serves LlamaIndex's own vector store too.
+metadata with `_node_content`), so the table serves LlamaIndex's own vector store too, and
+a table that store wrote (its metadata struct holds the nodes' own keys too) is read and
+appended to in its own schema.
 We write them ourselves to absorb the store's rough edges: its default mode overwrites
 an existing table, a node without a source makes `doc_id` a null column that breaks the
 next append, a metadata key new in a later batch breaks the struct schema, an FTS query
@@ -49,22 +51,31 @@ def table_schema(dim: int) -> pa.Schema:
     )
 
 
-def _rows(nodes: Sequence[BaseNode], vectors: np.ndarray, dim: int) -> pa.Table:
+def _rows(nodes: Sequence[BaseNode], vectors: np.ndarray, dim: int, schema: pa.Schema | None = None) -> pa.Table:
+    """Rows in `schema` (default: ours); a LlamaIndex-written table's metadata struct gets its own keys filled."""
+    schema = schema or table_schema(dim)
+    if set(schema.names) != set(table_schema(dim).names):
+        raise TuningError(
+            f"the table's columns ({', '.join(schema.names)}) are not the LlamaIndex LanceDB layout "
+            f"({', '.join(table_schema(dim).names)}); write to a table this package or LanceDBVectorStore made"
+        )
+    keys = [f.name for f in schema.field("metadata").type]
     metadata = []
     for node in nodes:
         meta = node_to_metadata_dict(node, remove_text=False, flat_metadata=False)
         # User metadata lives inside _node_content; a fixed struct keeps later appends valid.
-        metadata.append({k: meta.get(k) for k in _METADATA_FIELDS})
-    return pa.Table.from_pydict(
-        {
-            "id": [n.node_id for n in nodes],
-            "doc_id": [n.ref_doc_id or n.node_id for n in nodes],
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
-            "text": [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes],
-            "metadata": metadata,
-        },
-        schema=table_schema(dim),
-    )
+        metadata.append({k: meta.get(k) for k in keys})
+    columns = {
+        "id": [n.node_id for n in nodes],
+        "doc_id": [n.ref_doc_id or n.node_id for n in nodes],
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+        "text": [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes],
+        "metadata": metadata,
+    }
+    try:
+        return pa.Table.from_pydict({name: columns[name] for name in schema.names}, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise TuningError(f"the nodes' metadata does not fit the table's metadata columns: {exc}") from None
 
 
 def sql_id_list(ids: Iterable[str]) -> str:
@@ -205,7 +216,7 @@ def append_nodes(
                     "use the model the table was built with, or another table name"
                 )
             assert table is not None, "append_nodes needs a table or a create callback"
-            _commit(table, partial(table.add, _rows(batch, vectors, dim)))
+            _commit(table, partial(table.add, _rows(batch, vectors, dim, table.schema)))
             written += len(batch)
             bar.update(len(batch))
     if table is None:
@@ -220,6 +231,48 @@ def ensure_fts_index(table: lancedb.table.Table, replace: bool = False) -> None:
     if not replace and any("text" in (idx.columns or []) for idx in table.list_indices()):
         return
     _commit(table, partial(table.create_index, "text", config=FTS(), replace=True))
+
+
+def vector_field_metadata(table: lancedb.table.Table) -> dict[str, str]:
+    """The key-value metadata of the `vector` column (LanceDB schema field metadata)."""
+    raw = table.schema.field("vector").metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def update_vector_field_metadata(table: lancedb.table.Table, values: dict[str, str]) -> None:
+    """Set keys of the `vector` column's metadata: one metadata-only commit, no row is rewritten.
+
+    Field metadata lives in the table's manifest, so it travels with the table on local disk
+    and object stores alike, and later appends keep it.
+    """
+    _commit(table, partial(table.update_field_metadata, {"path": "vector", "metadata": values}))
+
+
+def table_nodes(table: lancedb.table.Table) -> list[BaseNode]:
+    """Every row of the table as its LlamaIndex node, with its stored vector (the whole table is read)."""
+    rows = table.search().select(list(RESULT_COLUMNS)).limit(None).to_list()
+    return [node_from_row(row) for row in rows]
+
+
+def rewrite_vectors(table: lancedb.table.Table, embed_model: BaseEmbedding, batch_size: int = 2048) -> None:
+    """Re-embed every row with `embed_model` in one atomic commit; ids, text and metadata are kept as they are.
+
+    The table is read whole (a commit per batch would leave a table of mixed vectors if
+    interrupted); the full-text index is rebuilt over the rewritten rows.
+    """
+    rows = table.to_arrow()
+    texts = [node_from_row(r).get_content(metadata_mode=MetadataMode.EMBED) for r in rows.select(list(RESULT_COLUMNS)).to_pylist()]
+    vectors = np.concatenate([embed_texts(embed_model, texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
+    if not np.isfinite(vectors).all():
+        raise TuningError("the embedding model made non-finite vectors; it is broken (retrain it with a lower learning rate)")
+    dim = vector_dim(table)
+    if vectors.shape[1] != dim:
+        raise TuningError(f"table '{table.name}' holds {dim}-dim vectors but the model makes {vectors.shape[1]}-dim ones")
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
+    position = rows.schema.get_field_index("vector")
+    rewritten = rows.set_column(position, rows.schema.field("vector"), column)
+    _commit(table, lambda: table.merge_insert("id").when_matched_update_all().execute(rewritten))
+    ensure_fts_index(table, replace=True)
 
 
 def node_from_row(row: dict[str, Any]) -> BaseNode:

@@ -1,0 +1,96 @@
+"""The two encoders of a table: the document encoder that made its vectors, and the query encoder
+that searches them (the same model, or one tuned against the frozen vectors), recorded with the table.
+
+The pair is written into the `vector` column's LanceDB field metadata. Unlike a file beside
+the table, it lives in the table's manifest, so it travels with the table wherever the table
+lives (a local directory, S3, GCS) and is versioned with it; unlike a table tag, it names a
+model rather than a version, and survives later appends and `cleanup_old_versions`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import numpy as np
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.bridge.pydantic import Field
+
+from .encoding import embed_texts
+from .store import update_vector_field_metadata, vector_field_metadata
+
+QUERY_ENCODER_KEY = "lancedb:tag:query_encoder"
+DOCUMENT_ENCODER_KEY = "lancedb:tag:document_encoder"
+
+
+@dataclass(frozen=True)
+class EncoderNames:
+    """Where the two models load from: a local directory or a hub id each."""
+
+    query_encoder: str
+    document_encoder: str
+
+
+def encoder_name(model: BaseEmbedding) -> str | None:
+    """The hub id or the absolute path a LlamaIndex embedding loads from, when it has one.
+
+    A relative path is made absolute: the name is recorded with the table and must load from
+    wherever the app runs next.
+    """
+    name = getattr(model, "model_name", None)
+    if not isinstance(name, str) or not name or name == "unknown":
+        return None
+    path = Path(name).expanduser()
+    return str(path.absolute()) if path.exists() else name
+
+
+def recorded_encoders(table: lancedb.table.Table) -> EncoderNames | None:
+    """The pair recorded with the table, or None for a table no tuning has recorded."""
+    meta = vector_field_metadata(table)
+    if QUERY_ENCODER_KEY not in meta or DOCUMENT_ENCODER_KEY not in meta:
+        return None
+    return EncoderNames(meta[QUERY_ENCODER_KEY], meta[DOCUMENT_ENCODER_KEY])
+
+
+def record_encoders(table: lancedb.table.Table, names: EncoderNames) -> None:
+    """Record the pair with the table (a metadata-only commit: no row or vector is rewritten)."""
+    update_vector_field_metadata(table, {QUERY_ENCODER_KEY: names.query_encoder, DOCUMENT_ENCODER_KEY: names.document_encoder})
+
+
+class EncoderPair(BaseEmbedding):
+    """An asymmetric LlamaIndex embedding: queries by the query encoder, documents by the document encoder.
+
+    What a `VectorStoreIndex` or a reranker over a query-tuned table needs: inserting embeds
+    with the table's original model, searching with the tuned one, so the two never mix.
+
+    Args:
+        query_encoder: embeds queries.
+        document_encoder: embeds documents (the model the table's vectors were made with).
+    """
+
+    query_encoder: BaseEmbedding = Field(description="Embeds queries.")
+    document_encoder: BaseEmbedding = Field(description="Embeds documents: the model the table's vectors were made with.")
+
+    def __init__(self, query_encoder: BaseEmbedding, document_encoder: BaseEmbedding, **kwargs: Any) -> None:
+        kwargs.setdefault("model_name", f"{encoder_name(query_encoder)} | {encoder_name(document_encoder)}")
+        kwargs.setdefault("embed_batch_size", document_encoder.embed_batch_size)
+        super().__init__(query_encoder=query_encoder, document_encoder=document_encoder, **kwargs)  # type: ignore[call-arg]
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "EncoderPair"
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self.query_encoder.get_query_embedding(query)
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return await self.query_encoder.aget_query_embedding(query)
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._get_text_embeddings([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        vectors: np.ndarray = embed_texts(self.document_encoder, texts)
+        return vectors.tolist()

@@ -1,0 +1,176 @@
+"""The pack tunes the table an app already has: evaluate, query-side and full tuning, reopening the pair,
+and tables written by LlamaIndex's own LanceDBVectorStore. Real model, real tables, one epoch."""
+
+import lancedb
+import numpy as np
+import pytest
+from llama_index.core import Document, StorageContext, VectorStoreIndex
+from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.schema import MetadataMode, TextNode
+from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+from llama_index.vector_stores.lancedb import LanceDBVectorStore
+
+from llama_index_lancedb_tuning import QADataset, RunConfig, TuningError
+from llama_index_lancedb_tuning.encoders import EncoderPair, recorded_encoders
+from llama_index_lancedb_tuning.encoding import embed_queries, embed_texts
+from llama_index_lancedb_tuning.pack import FinetunedLanceDBRetrieverPack
+from llama_index_lancedb_tuning.pipeline import score_model
+
+TYPES = ["vector", "fts", "reranked_vector", "reranked_fts", "hybrid"]
+QUICK = {"epochs": 1, "eval_each_epoch": False, "refit": False}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """MiniLM on a shared 2-core machine: one intra-op thread is several times faster than two fighting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def split(small_dataset):
+    return small_dataset.split(0.25, seed=0)
+
+
+def _stored(table) -> dict:
+    rows = table.to_arrow().to_pylist()
+    return {r["id"]: (np.asarray(r["vector"], dtype=np.float32).tobytes(), r["text"], r["metadata"]) for r in rows}
+
+
+def _pack(tmp_path, nodes, model, name="t", **kwargs):
+    return FinetunedLanceDBRetrieverPack(nodes=nodes, embed_model=model, uri=str(tmp_path), table_name=name, **kwargs)
+
+
+def test_evaluate_gives_the_numbers_the_cli_scores(tmp_path, small_nodes, small_dataset, default_model_path):
+    pack = _pack(tmp_path / "pack", small_nodes, default_model_path)
+    ours = pack.evaluate(small_dataset, k=5)
+    cli = score_model(default_model_path, "model", small_nodes, small_dataset, str(tmp_path / "cli"), "model", RunConfig(k=5), {})
+    assert [r.query_type for r in ours] == TYPES
+    assert [(r.query_type, r.reranker, r.hit_rate, r.mrr, r.ci95, r.n) for r in ours] == [
+        (r.query_type, r.reranker, r.hit_rate, r.mrr, r.ci95, r.n) for r in cli
+    ]
+    assert all(r.n == len(small_dataset) for r in ours) and ours[0].hit_rate > 0.5
+
+
+def test_query_tuning_keeps_every_vector_and_reopens_the_pair(tmp_path, small_nodes, split, default_model_path):
+    train, test = split
+    pack = _pack(tmp_path, small_nodes, default_model_path)
+    table = pack.get_modules()["table"]
+    before = _stored(table)
+    result = pack.finetune(train, mode="query", epochs=1)
+
+    assert _stored(table) == before  # ids, text, metadata and vectors bit for bit
+    out = result.model_path
+    assert out.parent == tmp_path and (out / "metrics.json").exists() and "val_frozen_hit@5" in result.metrics["val_after"]
+    assert pack.query_encoder.model_name == str(out.resolve())
+    assert pack.document_encoder.model_name == default_model_path
+    assert isinstance(pack.get_modules()["embed_model"], EncoderPair)
+    probe = test.queries[test.query_ids[0]]
+    assert not np.allclose(embed_queries(pack.query_encoder, [probe]), embed_queries(pack.document_encoder, [probe]), atol=1e-4)
+    tuned_results = pack.evaluate(test)
+    assert [r.n for r in tuned_results] == [len(test)] * 5
+
+    reopened = FinetunedLanceDBRetrieverPack.from_table(uri=str(tmp_path), table_name="t")
+    assert (reopened.query_encoder.model_name, reopened.document_encoder.model_name) == (str(out.resolve()), default_model_path)
+    assert [r.hit_rate for r in reopened.evaluate(test)] == [r.hit_rate for r in tuned_results]
+    hits = reopened.retrievers["vector"].retrieve(probe)
+    assert [h.node.node_id for h in hits] == [h.node.node_id for h in pack.retrievers["vector"].retrieve(probe)]
+    # The tuned query encoder scores against the stored (document-encoder) vectors.
+    q = embed_queries(pack.query_encoder, [probe])[0]
+    np.testing.assert_allclose([h.score for h in hits], embed_texts(pack.document_encoder, [h.node.get_content(metadata_mode=MetadataMode.EMBED) for h in hits]) @ q, atol=1e-4)
+
+
+def test_add_after_query_tuning_embeds_with_the_document_encoder(tmp_path, small_nodes, split, embed_model):
+    train, _ = split
+    pack = _pack(tmp_path, small_nodes, embed_model.model_name)
+    pack.finetune(train, mode="query", epochs=1)
+    text = "Quokkas photobomb tourists on Rottnest Island every summer."
+    pack.add(nodes=[TextNode(id_="quokka", text=text)])
+    row = pack.get_modules()["table"].search().where("id = 'quokka'").limit(1).to_list()[0]
+    np.testing.assert_allclose(row["vector"], embed_texts(embed_model, [text])[0], atol=1e-6)
+    assert [h.node.node_id for h in pack.retrievers["fts"].retrieve("quokkas rottnest")] [:1] == ["quokka"]
+    reopened = FinetunedLanceDBRetrieverPack.from_table(uri=str(tmp_path), table_name="t")
+    assert reopened.query_encoder.model_name != reopened.document_encoder.model_name  # appends keep the recorded pair
+
+
+def test_full_tuning_reembeds_the_table_keeping_ids_text_and_metadata(tmp_path, small_nodes, split, default_model_path):
+    train, test = split
+    pack = _pack(tmp_path, small_nodes, default_model_path)
+    table = pack.get_modules()["table"]
+    before = _stored(table)
+    result = pack.finetune(train, mode="full", **QUICK)
+
+    after = _stored(table)
+    assert set(after) == set(before)
+    assert all(after[i][1:] == before[i][1:] for i in before)  # text and metadata unchanged
+    assert all(after[i][0] != before[i][0] for i in before)  # every vector rewritten
+    assert pack.query_encoder is pack.document_encoder and pack.document_encoder.model_name == str(result.model_path.resolve())
+    rows = table.to_arrow().to_pylist()
+    contents = [pack.get_modules()["retrievers"]["vector"].retrieve(test.queries[test.query_ids[0]])[0].node]
+    stored = np.asarray([r["vector"] for r in rows if r["id"] == contents[0].node_id], dtype=np.float32)
+    np.testing.assert_allclose(stored, embed_texts(pack.document_encoder, [contents[0].get_content(metadata_mode=MetadataMode.EMBED)]), atol=1e-5)
+    assert any("text" in (idx.columns or []) for idx in table.list_indices())
+    names = recorded_encoders(table)
+    assert names is not None and names.query_encoder == names.document_encoder == str(result.model_path.resolve())
+    assert len(pack.evaluate(test)) == 5
+
+
+def test_bad_tuning_requests_are_refused_before_training(tmp_path, small_nodes, split, default_model_path):
+    train, _ = split
+    pack = _pack(tmp_path, small_nodes[:6], default_model_path)
+    with pytest.raises(TuningError, match="unknown tuning mode 'both'"):
+        pack.finetune(train, mode="both")
+    with pytest.raises(TuningError, match="unknown fine-tuning setting epoch;"):
+        pack.finetune(train, epoch=1)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("keep")
+    with pytest.raises(TuningError, match="exists and is not empty"):
+        pack.finetune(train, output_dir=tmp_path / "busy")
+
+
+def _llamaindex_table(uri, dataset, model_path):
+    """A table as a LlamaIndex app writes it: VectorStoreIndex over LanceDBVectorStore."""
+    docs = [Document(text=text, doc_id=doc_id, metadata={"file_name": f"{doc_id}.txt"}) for doc_id, text in dataset.corpus.items()]
+    store = LanceDBVectorStore(uri=uri, table_name="li", mode="overwrite")
+    VectorStoreIndex.from_documents(
+        docs,
+        storage_context=StorageContext.from_defaults(vector_store=store),
+        embed_model=HuggingFaceEmbedding(model_name=model_path),
+        transformations=[SentenceSplitter(chunk_size=128, chunk_overlap=16)],
+    )
+    return lancedb.connect(uri).open_table("li")
+
+
+def test_a_llamaindex_written_table_opens_evaluates_and_query_tunes(tmp_path, small_dataset, split, default_model_path):
+    train, test = split
+    uri = str(tmp_path / "db")
+    table = _llamaindex_table(uri, small_dataset, default_model_path)
+    assert not table.list_indices()  # LlamaIndex builds its full-text index only on a first text query
+    before = _stored(table)
+
+    pack = FinetunedLanceDBRetrieverPack.from_table(uri=uri, table_name="li", embed_model=default_model_path)
+    assert any("text" in (idx.columns or []) for idx in pack.get_modules()["table"].list_indices())
+    assert _stored(pack.get_modules()["table"]) == before  # the index was built; no row was touched
+    baseline = pack.evaluate(test)
+    assert [r.query_type for r in baseline] == TYPES and baseline[0].hit_rate > 0.5 and baseline[1].hit_rate > 0
+
+    pack.finetune(train, mode="query", epochs=1)
+    assert _stored(pack.get_modules()["table"]) == before
+    assert [r.n for r in pack.evaluate(test)] == [len(test)] * 5
+
+    pack.add(documents=[Document(text="Quokkas photobomb tourists on Rottnest Island.", doc_id="quokka-doc")])
+    added = pack.get_modules()["table"].search().where("doc_id = 'quokka-doc'").limit(5).to_list()
+    assert added and added[0]["metadata"]["ref_doc_id"] == "quokka-doc"
+    reopened = FinetunedLanceDBRetrieverPack.from_table(uri=uri, table_name="li")
+    assert reopened.document_encoder.model_name == default_model_path and reopened.query_encoder is not reopened.document_encoder
+
+
+def test_a_dataset_over_other_documents_is_refused(tmp_path, small_nodes, default_model_path):
+    pack = _pack(tmp_path, small_nodes, default_model_path)
+    stranger = QADataset({"q": "what?"}, {"elsewhere": "text"}, {"q": ["elsewhere"]})
+    with pytest.raises(TuningError, match="absent from the corpus"):
+        pack.finetune(stranger, mode="query", epochs=1, val_fraction=0)
