@@ -21,7 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from llama_index_lancedb_tuning import FusionRerank, LanceDBIndex, RunConfig, evaluate_retrievers, hybrid_reranker, load_embed_model, load_labeled_csv
+from llama_index_lancedb_tuning import (
+    FusionRerank,
+    LanceDBIndex,
+    RunConfig,
+    evaluate_retrievers,
+    hybrid_reranker,
+    load_embed_model,
+    load_labeled_csv,
+)
 from llama_index_lancedb_tuning.pipeline import build_nodes
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "data_qa.csv"
@@ -34,11 +42,15 @@ def fold_retrievers(index: LanceDBIndex, k: int) -> dict:
     retrievers = {}
     for depth in DEPTHS:
         for rrf_k in RRF_KS:
-            retrievers[f"hybrid {depth}k K={rrf_k}"] = index.retriever("hybrid", k, hybrid_reranker=hybrid_reranker("rrf", rrf_k), hybrid_overfetch=depth)
+            retrievers[f"hybrid {depth}k K={rrf_k}"] = index.retriever(
+                "hybrid", k, hybrid_reranker=hybrid_reranker("rrf", rrf_k), hybrid_overfetch=depth
+            )
         for weight in WEIGHTS:
             rerank = FusionRerank(index.embed_model, index.table, top_n=k, lexical_weight=weight)
             for base in ("vector", "fts"):
-                retrievers[f"reranked_{base} {depth}k w={weight}"] = index.retriever(f"reranked_{base}", k, rerank, overfetch=depth)
+                retrievers[f"reranked_{base} {depth}k w={weight}"] = index.retriever(
+                    f"reranked_{base}", k, rerank, overfetch=depth
+                )
     retrievers["vector"] = index.retriever("vector", k)
     retrievers["fts"] = index.retriever("fts", k)
     return retrievers
@@ -59,7 +71,9 @@ def main() -> None:
     for i, (train, _test) in enumerate(dataset.kfold(len(folds), config.seed)):
         _fit, val = train.split(config.finetune.val_fraction, config.finetune.seed)
         model_dir = Path(args.cv) / f"fold{i}" / "model"
-        selection = str(model_dir / "checkpoints" / Path(json.loads((model_dir / "metrics.json").read_text())["best_checkpoint"]).name)
+        selection = str(
+            model_dir / "checkpoints" / Path(json.loads((model_dir / "metrics.json").read_text())["best_checkpoint"]).name
+        )
         for label, model in (("base", None), ("tuned", selection)):
             with tempfile.TemporaryDirectory() as tmp:
                 index = LanceDBIndex.build(nodes, load_embed_model(model), uri=tmp, table_name="nodes", show_progress=False)

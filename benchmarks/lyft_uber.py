@@ -95,9 +95,8 @@ def summary(report: dict) -> dict:
         "timings_s": report["timings_s"],
         "rows": {
             qt: {
-                model: {key: rows[(model, qt)][key] for key in ("hit_rate", "mrr", "ci95", "n")} | (
-                    {"p_vs_baseline": rows[(model, qt)]["p_vs_baseline"]} if model == "tuned" else {}
-                )
+                model: {key: rows[(model, qt)][key] for key in ("hit_rate", "mrr", "ci95", "n")}
+                | ({"p_vs_baseline": rows[(model, qt)]["p_vs_baseline"]} if model == "tuned" else {})
                 for model in ("baseline", "tuned")
             }
             for qt in QUERY_TYPES
@@ -110,7 +109,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA), help="folder holding train_dataset.json and val_dataset.json")
     parser.add_argument("--out", default="out/lyft_uber")
     parser.add_argument("--skip-label-free", action="store_true", help="only the labeled run")
-    parser.add_argument("--limit-queries", type=int, default=0, help="score and train on the first N queries of each file (0: all)")
+    parser.add_argument(
+        "--limit-queries", type=int, default=0, help="score and train on the first N queries of each file (0: all)"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recommended recipe's)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -149,7 +150,9 @@ def main() -> None:
                 dataset_path=f"{test_path}{note}",
             ),
         )
-        print(f"## Label-free: offline pairs from the Uber chunks alone, scored on the same queries\n\n{table(label_free, 'offline-tuned', anchors=False)}\n")
+        print(
+            f"## Label-free: offline pairs from the Uber chunks alone, scored on the same queries\n\n{table(label_free, 'offline-tuned', anchors=False)}\n"
+        )
         result["label_free"] = summary(label_free)
 
     result |= {

@@ -32,7 +32,10 @@ def corpus_and_queries(n_queries: int) -> tuple[dict[str, str], list[str], str]:
         queries = [ds.queries[q] for q in ds.query_ids]
         return ds.corpus, (queries * (n_queries // len(queries) + 1))[:n_queries], f"{SHARED_QA.name} ({len(ds.corpus)} contexts)"
     corpus = {
-        f"doc{i}": " ".join(f"Section {i} discusses {TOPICS[(i + j) % len(TOPICS)]} in quarter {j % 4 + 1} with figures {i * j}." for j in range(12))
+        f"doc{i}": " ".join(
+            f"Section {i} discusses {TOPICS[(i + j) % len(TOPICS)]} in quarter {j % 4 + 1} with figures {i * j}."
+            for j in range(12)
+        )
         for i in range(300)
     }
     queries = [f"What did section {i % 300} say about {TOPICS[i % len(TOPICS)]}?" for i in range(n_queries)]

@@ -38,7 +38,9 @@ def first_contexts(dataset: QADataset, n: int | None) -> QADataset:
         return dataset
     keep = set(list(dataset.corpus)[:n])
     ids = [q for q in dataset.query_ids if set(dataset.relevant_docs[q]) <= keep]
-    return QADataset({q: dataset.queries[q] for q in ids}, {d: dataset.corpus[d] for d in keep}, {q: dataset.relevant_docs[q] for q in ids})
+    return QADataset(
+        {q: dataset.queries[q] for q in ids}, {d: dataset.corpus[d] for d in keep}, {q: dataset.relevant_docs[q] for q in ids}
+    )
 
 
 def llamaindex_table(uri: str, dataset: QADataset, model_path: str) -> None:
@@ -60,7 +62,9 @@ def vector_hit(results: list) -> float:
     return next(r.hit_rate for r in results if r.query_type == "vector")
 
 
-def run_mode(mode: str, work: Path, dataset: QADataset, split: tuple[QADataset, QADataset], model_path: str, epochs: int | None) -> dict:
+def run_mode(
+    mode: str, work: Path, dataset: QADataset, split: tuple[QADataset, QADataset], model_path: str, epochs: int | None
+) -> dict:
     train, test = split
     uri = str(work / mode)
     llamaindex_table(uri, dataset, model_path)

@@ -54,7 +54,10 @@ def split_table(report: dict) -> str:
 
 
 def cv_table(reports: list[dict]) -> str:
-    lines = ["| query type | folds | n | baseline hit@5 (mean ± sd) | tuned hit@5 (mean ± sd) | pooled tuned [95% CI] | folds above baseline |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| query type | folds | n | baseline hit@5 (mean ± sd) | tuned hit@5 (mean ± sd) | pooled tuned [95% CI] | folds above baseline |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for qt in REFERENCE:
         base = np.array([_rows(r)[("baseline", qt)]["hit_rate"] for r in reports])
         tuned = np.array([_rows(r)[("tuned", qt)]["hit_rate"] for r in reports])

@@ -29,9 +29,50 @@ from llama_index_lancedb_tuning.encoding import load_embed_model
 from llama_index_lancedb_tuning.index import LanceDBIndex
 from llama_index_lancedb_tuning.store import connect, ensure_vector_index, write_nodes
 
-SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "da", "fe", "gu", "ha", "jo", "pe", "qui", "ro", "su", "ta", "wi"]
-TOPICS = ["revenue", "drivers", "delivery", "freight", "riders", "safety", "regulation", "cash", "tax", "growth",
-          "insurance", "marketing", "research", "hiring", "legal", "pricing", "network", "cities", "fleet", "energy"]
+SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ne",
+    "ru",
+    "sa",
+    "ti",
+    "vo",
+    "ze",
+    "da",
+    "fe",
+    "gu",
+    "ha",
+    "jo",
+    "pe",
+    "qui",
+    "ro",
+    "su",
+    "ta",
+    "wi",
+]
+TOPICS = [
+    "revenue",
+    "drivers",
+    "delivery",
+    "freight",
+    "riders",
+    "safety",
+    "regulation",
+    "cash",
+    "tax",
+    "growth",
+    "insurance",
+    "marketing",
+    "research",
+    "hiring",
+    "legal",
+    "pricing",
+    "network",
+    "cities",
+    "fleet",
+    "energy",
+]
 
 
 def vocabulary(size: int, seed: int) -> list[str]:
@@ -89,8 +130,16 @@ def main() -> None:
         out["rss_after_model_mb"] = round(max_rss_mb(), 1)
 
         t = time.perf_counter()
-        table = write_nodes(nodes(args.nodes, vocab, args.words), model, connect(uri), "scale", "overwrite",
-                            batch_size=args.batch, show_progress=True, total=args.nodes)
+        table = write_nodes(
+            nodes(args.nodes, vocab, args.words),
+            model,
+            connect(uri),
+            "scale",
+            "overwrite",
+            batch_size=args.batch,
+            show_progress=True,
+            total=args.nodes,
+        )
         out["ingest_s"] = round(time.perf_counter() - t, 1)
         out["ingest_nodes_per_s"] = round(args.nodes / out["ingest_s"], 1)
         out["rows"] = table.count_rows()
@@ -110,14 +159,19 @@ def main() -> None:
         results = retriever.retrieve_many(queries)
         out["query_s"] = round(time.perf_counter() - t, 1)
         out["queries_per_s"] = round(args.queries / out["query_s"], 1)
-        out["hit_at_k"] = round(sum(f"n{i}" in {h.node.node_id for h in hits} for i, hits in zip(targets, results)) / args.queries, 4)
+        out["hit_at_k"] = round(
+            sum(f"n{i}" in {h.node.node_id for h in hits} for i, hits in zip(targets, results)) / args.queries, 4
+        )
 
         # Recall of the ANN index against brute force on a sample: same vectors, same k.
         sample = list(range(min(args.exact_sample, args.queries)))
         vectors = model._model.encode([queries[i] for i in sample], batch_size=64, normalize_embeddings=True)
         agree = 0
         for i, v in zip(sample, vectors):
-            exact = {r["id"] for r in table.search(v).distance_type("cosine").bypass_vector_index().select(["id"]).limit(args.k).to_list()}
+            exact = {
+                r["id"]
+                for r in table.search(v).distance_type("cosine").bypass_vector_index().select(["id"]).limit(args.k).to_list()
+            }
             agree += len(exact & {h.node.node_id for h in results[i]})
         out["ann_recall_vs_exact"] = round(agree / (args.k * len(sample)), 4)
         out["peak_rss_mb"] = round(max_rss_mb(), 1)

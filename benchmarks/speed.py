@@ -46,7 +46,12 @@ def anchor_train(train_json: str, val_json: str, out_dir: str, epochs: int, batc
     val = EmbeddingQAFinetuneDataset.from_json(val_json)
     start = time.perf_counter()
     engine = SentenceTransformersFinetuneEngine(
-        train, model_id=model, model_output_path=out_dir, batch_size=batch_size, val_dataset=val, epochs=epochs,
+        train,
+        model_id=model,
+        model_output_path=out_dir,
+        batch_size=batch_size,
+        val_dataset=val,
+        epochs=epochs,
         show_progress_bar=False,
     )
     engine.finetune()
@@ -56,11 +61,13 @@ def anchor_train(train_json: str, val_json: str, out_dir: str, epochs: int, batc
 def backend_quality(nodes, test, backend: str, uri: str, k: int) -> float:
     """Held-out vector hit@k of an index of the plain nodes built with this encoder backend
     (the ingest table holds copies that would crowd the top k)."""
-    from llama_index_lancedb_tuning.evaluate import evaluate_retriever
     from llama_index_lancedb_tuning.encoding import load_embed_model
+    from llama_index_lancedb_tuning.evaluate import evaluate_retriever
     from llama_index_lancedb_tuning.index import LanceDBIndex
 
-    index = LanceDBIndex.build(nodes, load_embed_model(None, backend=backend), uri, f"quality_{backend}", "overwrite", show_progress=False)
+    index = LanceDBIndex.build(
+        nodes, load_embed_model(None, backend=backend), uri, f"quality_{backend}", "overwrite", show_progress=False
+    )
     return evaluate_retriever(index.retriever("vector", k), test, k).hit_rate
 
 
@@ -70,13 +77,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--ingest-copies", type=int, default=3, help="data_qa nodes repeated this many times for ingest")
-    parser.add_argument("--variants", default="default,no_epoch_eval,freeze_passages",
-                        help="our training variants to time: default, no_epoch_eval, freeze_passages")
+    parser.add_argument(
+        "--variants",
+        default="default,no_epoch_eval,freeze_passages",
+        help="our training variants to time: default, no_epoch_eval, freeze_passages",
+    )
     parser.add_argument("--threads", type=int, help="torch threads, here and in the anchor's process")
-    parser.add_argument("--backends", default="torch,onnx,onnx-int8",
-                        help="our encoder backends to time for ingest (the first is the headline ingest_speedup)")
+    parser.add_argument(
+        "--backends",
+        default="torch,onnx,onnx-int8",
+        help="our encoder backends to time for ingest (the first is the headline ingest_speedup)",
+    )
     parser.add_argument("--skip", default="", help="comma list of sections to skip: train, eval, ingest")
-    parser.add_argument("--anchor-train", nargs=6, metavar=("TRAIN", "VAL", "OUT", "EPOCHS", "BATCH", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--anchor-train", nargs=6, metavar=("TRAIN", "VAL", "OUT", "EPOCHS", "BATCH", "MODEL"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.anchor_train:
         t, v, o, e, b, m = args.anchor_train
@@ -92,9 +107,9 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from llama_index_lancedb_tuning import load_labeled_csv, resolve_model
+    from llama_index_lancedb_tuning.encoding import load_embed_model
     from llama_index_lancedb_tuning.evaluate import evaluate_retriever, evaluate_retrievers
     from llama_index_lancedb_tuning.finetune import EmbeddingFinetuner, FinetuneConfig, source_nodes, training_pairs
-    from llama_index_lancedb_tuning.encoding import load_embed_model
     from llama_index_lancedb_tuning.index import LanceDBIndex
     from llama_index_lancedb_tuning.pipeline import RunConfig, build_nodes
     from llama_index_lancedb_tuning.rerank import hybrid_reranker, node_reranker
@@ -106,15 +121,24 @@ def main() -> None:
     ds = load_labeled_csv(DATA_QA)
     train, test = ds.split(0.2, 42)
     nodes = build_nodes(ds.corpus, None, RunConfig())
-    out: dict = {"n_train_queries": len(train), "n_test_queries": len(test), "n_nodes": len(nodes), "epochs": args.epochs,
-                 "batch_size": args.batch_size, "threads": torch.get_num_threads()}
+    out: dict = {
+        "n_train_queries": len(train),
+        "n_test_queries": len(test),
+        "n_nodes": len(nodes),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+    }
 
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     def vector_hit(model_path: str, table: str, reuse_table: bool = False) -> float:
-        index = (LanceDBIndex.open(model_path, uri, table) if reuse_table
-                 else LanceDBIndex.build(nodes, model_path, uri, table, "overwrite", show_progress=False))
+        index = (
+            LanceDBIndex.open(model_path, uri, table)
+            if reuse_table
+            else LanceDBIndex.build(nodes, model_path, uri, table, "overwrite", show_progress=False)
+        )
         return evaluate_retriever(index.retriever("vector", args.k), test, args.k).hit_rate
 
     try:
@@ -129,30 +153,55 @@ def main() -> None:
             by_source = source_nodes(train, nodes)
             pairs = training_pairs(fit_ds, by_source, SentenceTransformer(base), cfg.positives)
             anchor_train_json, anchor_val_json = work / "anchor_train.json", work / "anchor_val.json"
-            anchor_train_json.write_text(json.dumps({
-                "queries": {f"q{i}": a for i, a in enumerate(pairs["anchor"])},
-                "corpus": {f"p{i}": p for i, p in enumerate(pairs["positive"])},
-                "relevant_docs": {f"q{i}": [f"p{i}"] for i in range(len(pairs))},
-            }))
-            anchor_val_json.write_text(json.dumps({  # the same node-level validation set our fit evaluates on
-                "queries": val_ds.queries,
-                "corpus": {n.node_id: n.text for ns in by_source.values() for n in ns},
-                "relevant_docs": {q: [n.node_id for d in val_ds.relevant_docs[q] for n in by_source.get(d, [])] for q in val_ds.query_ids},
-            }))
+            anchor_train_json.write_text(
+                json.dumps(
+                    {
+                        "queries": {f"q{i}": a for i, a in enumerate(pairs["anchor"])},
+                        "corpus": {f"p{i}": p for i, p in enumerate(pairs["positive"])},
+                        "relevant_docs": {f"q{i}": [f"p{i}"] for i in range(len(pairs))},
+                    }
+                )
+            )
+            anchor_val_json.write_text(
+                json.dumps(
+                    {  # the same node-level validation set our fit evaluates on
+                        "queries": val_ds.queries,
+                        "corpus": {n.node_id: n.text for ns in by_source.values() for n in ns},
+                        "relevant_docs": {
+                            q: [n.node_id for d in val_ds.relevant_docs[q] for n in by_source.get(d, [])]
+                            for q in val_ds.query_ids
+                        },
+                    }
+                )
+            )
             out["n_train_pairs"] = len(pairs)
             log(f"{len(pairs)} training pairs, {len(val_ds)} validation queries")
 
             if not BENCH_PYTHON.exists():
-                raise SystemExit(f"{BENCH_PYTHON} missing: run `bash benchmarks/anchor_env.sh` to build it (pinned CPU torch first)")
+                raise SystemExit(
+                    f"{BENCH_PYTHON} missing: run `bash benchmarks/anchor_env.sh` to build it (pinned CPU torch first)"
+                )
             env = {**os.environ, "PYTHONWARNINGS": "ignore"}
             if args.threads:
                 env["OMP_NUM_THREADS"] = str(args.threads)
             anchor_dir = work / "anchor_model"
             t = time.perf_counter()
             proc = subprocess.run(
-                [str(BENCH_PYTHON), __file__, "--anchor-train", str(anchor_train_json), str(anchor_val_json), str(anchor_dir),
-                 str(args.epochs), str(args.batch_size), base],
-                capture_output=True, text=True, env=env, cwd=work,
+                [
+                    str(BENCH_PYTHON),
+                    __file__,
+                    "--anchor-train",
+                    str(anchor_train_json),
+                    str(anchor_val_json),
+                    str(anchor_dir),
+                    str(args.epochs),
+                    str(args.batch_size),
+                    base,
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=work,
             )
             if proc.returncode != 0:
                 raise SystemExit(f"anchor training failed:\n{proc.stderr[-3000:]}")
@@ -163,8 +212,11 @@ def main() -> None:
             log(f"anchor: {anchor_s}s (process {out['anchor_train_process_s']}s), hit@{args.k} {out['anchor_hit5']}")
 
             # No refit: the anchor trains on the fit queries' pairs only, so ours does too (same pairs).
-            flags = {"default": {"refit": False}, "no_epoch_eval": {"eval_each_epoch": False},
-                     "freeze_passages": {"freeze_passages": True, "eval_each_epoch": False}}
+            flags = {
+                "default": {"refit": False},
+                "no_epoch_eval": {"eval_each_epoch": False},
+                "freeze_passages": {"freeze_passages": True, "eval_each_epoch": False},
+            }
             ours = {}
             for name in args.variants.split(","):
                 model_dir = work / f"ours_{name}"
@@ -173,7 +225,11 @@ def main() -> None:
                 EmbeddingFinetuner(config).fit(train, model_dir, nodes)
                 seconds = round(time.perf_counter() - t, 2)
                 # freeze_passages tunes queries only: it is scored on the base model's table, not re-indexed.
-                hit = vector_hit(str(model_dir), "base", reuse_table=True) if name == "freeze_passages" else vector_hit(str(model_dir), f"ours_{name}")
+                hit = (
+                    vector_hit(str(model_dir), "base", reuse_table=True)
+                    if name == "freeze_passages"
+                    else vector_hit(str(model_dir), f"ours_{name}")
+                )
                 ours[name] = {"train_s": seconds, "hit5": hit, "speedup": round(anchor_s / seconds, 2)}
                 log(f"ours {name}: {seconds}s, hit@{args.k} {hit}, speedup {ours[name]['speedup']}x")
             out["ours_train"] = ours
@@ -209,8 +265,13 @@ def main() -> None:
                 )
             anchor_eval_s = time.perf_counter() - t
             ours_rates = {r.query_type: (r.hit_rate, r.mrr) for r in ours_rows}
-            out["eval"] = {"ours_s": round(ours_eval_s, 2), "anchor_s": round(anchor_eval_s, 2), "ours": ours_rates, "anchor": anchor_rates,
-                           "same_hit_rates": all(ours_rates[q][0] == anchor_rates[q][0] for q in ours_rates)}
+            out["eval"] = {
+                "ours_s": round(ours_eval_s, 2),
+                "anchor_s": round(anchor_eval_s, 2),
+                "ours": ours_rates,
+                "anchor": anchor_rates,
+                "same_hit_rates": all(ours_rates[q][0] == anchor_rates[q][0] for q in ours_rates),
+            }
             out["eval_speedup"] = round(anchor_eval_s / ours_eval_s, 2)
             log(f"eval: ours {ours_eval_s:.2f}s, anchor {anchor_eval_s:.2f}s, same hit-rates {out['eval']['same_hit_rates']}")
 
@@ -238,10 +299,18 @@ def main() -> None:
             by_backend = {}
             for b in backends:
                 hit = out["base_hit5"] if b == "torch" else backend_quality(nodes, test, b, uri, args.k)
-                by_backend[b] = {"s": round(ours_s[b], 2), "nodes_per_s": round(len(many) / ours_s[b], 1),
-                                 "speedup": round(anchor_ingest_s / ours_s[b], 2), "hit5": hit}
-            out["ingest"] = {"nodes": len(many), "anchor_s": round(anchor_ingest_s, 2),
-                             "anchor_nodes_per_s": round(len(many) / anchor_ingest_s, 1), "ours": by_backend}
+                by_backend[b] = {
+                    "s": round(ours_s[b], 2),
+                    "nodes_per_s": round(len(many) / ours_s[b], 1),
+                    "speedup": round(anchor_ingest_s / ours_s[b], 2),
+                    "hit5": hit,
+                }
+            out["ingest"] = {
+                "nodes": len(many),
+                "anchor_s": round(anchor_ingest_s, 2),
+                "anchor_nodes_per_s": round(len(many) / anchor_ingest_s, 1),
+                "ours": by_backend,
+            }
             out["ingest_speedup"] = by_backend[backends[0]]["speedup"]
             out["ingest_backend"] = backends[0]
             log(f"ingest by backend: {by_backend}")

@@ -87,7 +87,12 @@ def main() -> None:
         # 5. LlamaIndex's QueryFusionRetriever over the pack's vector and full-text retrievers.
         # num_queries=1 uses the question as is, so the LLM is never asked to write variants.
         fusion = QueryFusionRetriever(
-            [retrievers["vector"], retrievers["fts"]], llm=MockLLM(), mode="reciprocal_rerank", similarity_top_k=3, num_queries=1, use_async=False
+            [retrievers["vector"], retrievers["fts"]],
+            llm=MockLLM(),
+            mode="reciprocal_rerank",
+            similarity_top_k=3,
+            num_queries=1,
+            use_async=False,
         )
         show("QueryFusionRetriever(vector + fts)", fusion.retrieve(QUESTION))
         print("\nok")

@@ -28,7 +28,7 @@ def model_tokenizer(model_path: str) -> Callable[[str], list]:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except Exception as exc:  # noqa: BLE001 -- the hub and transformers raise many types for "not found / offline"
+    except Exception as exc:
         raise TuningError(
             f"cannot load the tokenizer of model '{model_path}' ({type(exc).__name__}); pass a local model directory "
             "or a hub id reachable from this machine"

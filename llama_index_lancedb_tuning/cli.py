@@ -89,7 +89,9 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, names: Sequence[str]
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory for report.md/json/png and the LanceDB tables (required)")
     p.add_argument("--query-column", default="query", help=_with_default("CSV column holding the queries", "query"))
-    p.add_argument("--context-column", default="context", help=_with_default("CSV column holding the passage that answers", "context"))
+    p.add_argument(
+        "--context-column", default="context", help=_with_default("CSV column holding the passage that answers", "context")
+    )
     _add_fields(p, SearchConfig)
     _add_fields(p, ChunkingConfig)
     p.add_argument("--force", action="store_true", help="redo a directory that holds a finished report (default: off)")
@@ -123,8 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(run)
     _add_fields(run, RunConfig, ["test_size", "seed", "pairs", "llm"])
     _add_fields(run, FinetuneConfig, recipe=True)
-    run.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints left by a killed run (default: off)")
-    run.add_argument("--queries", default=None, help="labeled CSV to evaluate on when DATA is a documents directory or file (default: none)")
+    run.add_argument(
+        "--no-resume", action="store_true", help="do not continue from checkpoints left by a killed run (default: off)"
+    )
+    run.add_argument(
+        "--queries", default=None, help="labeled CSV to evaluate on when DATA is a documents directory or file (default: none)"
+    )
     run.add_argument(
         "--eval-data",
         default=None,
@@ -180,7 +186,9 @@ def _version() -> str:
 
 
 def _config_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    return {f.name: getattr(args, f.name) for f in fields(cls) if f.metadata.get("flag") and getattr(args, f.name, None) is not None}
+    return {
+        f.name: getattr(args, f.name) for f in fields(cls) if f.metadata.get("flag") and getattr(args, f.name, None) is not None
+    }
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
@@ -189,7 +197,9 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         values = _config_values(args, RunConfig)
         if args.command == "run":
             values["pairs"] = args.pairs or ("llm" if args.llm else "offline" if args.queries else "labeled")
-            tuning = replace(recommended_finetune(values["pairs"]), **_config_values(args, FinetuneConfig), show_progress=not args.quiet)
+            tuning = replace(
+                recommended_finetune(values["pairs"]), **_config_values(args, FinetuneConfig), show_progress=not args.quiet
+            )
             values["finetune"] = tuning
         return RunConfig(**values)
     except InvalidSetting as exc:
@@ -272,7 +282,9 @@ def _generate(args: argparse.Namespace) -> int:
         pairs = generate_offline_pairs(nodes, seed=config.seed)
         pairs.save_json(args.out)
     else:
-        pairs = generate_llm_pairs(nodes, llm, args.out, args.questions_per_chunk, max_concurrency=args.max_concurrency, show_progress=not args.quiet)
+        pairs = generate_llm_pairs(
+            nodes, llm, args.out, args.questions_per_chunk, max_concurrency=args.max_concurrency, show_progress=not args.quiet
+        )
     counts = f"{counted(len(pairs), 'training pair')} from {counted(len(nodes), 'node')} of {counted(len(documents), 'document')}"
     print(f"{counts} -> {args.out}")
     return 0
@@ -284,7 +296,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "download-pack":
         from .pack import write_pack_source
 
-        print(f"pack source written to {write_pack_source(args.dest, overwrite=args.overwrite)}; import it from there and edit freely")
+        print(
+            f"pack source written to {write_pack_source(args.dest, overwrite=args.overwrite)}; import it from there and edit freely"
+        )
         return 0
     config = _run_config(args)
     _check_inputs(args)

@@ -107,7 +107,10 @@ class ChunkingConfig:
     chunk_overlap: int = field(default=16, metadata={"help": "tokens shared by neighbouring nodes", "flag": "--chunk-overlap"})
     fix_glued_words: bool = field(
         default=True,
-        metadata={"help": "re-space words PDF extraction ran together (chunking.split_glued_words)", "flag": "--keep-glued-words"},
+        metadata={
+            "help": "re-space words PDF extraction ran together (chunking.split_glued_words)",
+            "flag": "--keep-glued-words",
+        },
     )
 
     def __post_init__(self) -> None:
@@ -254,7 +257,7 @@ class RunConfig(SearchConfig, ChunkingConfig):
     )
     llm: str | None = field(default=None, metadata={"help": "openai:MODEL or ollama:MODEL, for --pairs llm", "flag": "--llm"})
     # Annotated as always present: None is only an input, replaced at construction.
-    finetune: FinetuneConfig = field(default=None, metadata={"help": "fine-tuning settings (None: recommended_finetune(pairs))"})
+    finetune: FinetuneConfig = field(default=None, metadata={"help": "fine-tuning settings (None: recommended_finetune(pairs))"})  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         ChunkingConfig.__post_init__(self)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -55,7 +55,9 @@ def check_backend(backend: str) -> None:
         raise TuningError(f"backend '{backend}' needs onnxruntime: pip install 'llama-index-lancedb-tuning[onnx]'")
 
 
-def load_embed_model(model: str | BaseEmbedding | None = None, embed_batch_size: int = ENCODE_BATCH, backend: Backend = "torch") -> BaseEmbedding:
+def load_embed_model(
+    model: str | BaseEmbedding | None = None, embed_batch_size: int = ENCODE_BATCH, backend: Backend = "torch"
+) -> BaseEmbedding:
     """Any LlamaIndex embedding as is; a path or hub id as a `HuggingFaceEmbedding`, or as an
     `OnnxEmbedding` run by ONNX Runtime (`onnx`: fp32, same vectors; `onnx-int8`: faster, less exact)."""
     if isinstance(model, BaseEmbedding):
@@ -118,10 +120,15 @@ def _runtime(embed_model: BaseEmbedding) -> _Runtime | None:
     from .onnx_backend import OnnxEmbedding
 
     if isinstance(embed_model, OnnxEmbedding):
-        return _Runtime(embed_model.session, lambda texts, _: embed_model.encode(texts),
-                        lambda threads: embed_model.replica(threads).encode, lambda _: nullcontext())
+        return _Runtime(
+            embed_model.session,
+            lambda texts, _: embed_model.encode(texts),
+            lambda threads: embed_model.replica(threads).encode,
+            lambda _: nullcontext(),
+        )
     st_model = getattr(embed_model, "_model", None)
     if isinstance(embed_model, HuggingFaceEmbedding) and st_model is not None:
+
         def encode(texts: list[str], batch_size: int) -> np.ndarray:
             return st_model.encode(
                 texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
@@ -170,7 +177,9 @@ def encode_workers(n_texts: int, batch_size: int = ENCODE_BATCH) -> int:
     return max(1, min(cpu_budget(), MAX_ENCODE_WORKERS, n_texts // (2 * batch_size)))
 
 
-def embed_texts(embed_model: BaseEmbedding, texts: Sequence[str], batch_size: int = ENCODE_BATCH, workers: int | None = None) -> np.ndarray:
+def embed_texts(
+    embed_model: BaseEmbedding, texts: Sequence[str], batch_size: int = ENCODE_BATCH, workers: int | None = None
+) -> np.ndarray:
     """Passage embeddings as float32, normalised; batched straight through the model when we can
     (LlamaIndex's path sends `embed_batch_size` texts per call through per-batch callbacks), in
     `workers` replicas (default: `encode_workers`) when the list is long enough to share."""

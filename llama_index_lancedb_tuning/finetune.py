@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +82,9 @@ def training_pairs(
     text_emb = passage_vectors
     if text_emb is None:
         texts = sorted({n.text for c in candidates.values() for n in c})
-        text_emb = dict(zip(texts, model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=ENCODE_BATCH)))
+        text_emb = dict(
+            zip(texts, model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=ENCODE_BATCH))
+        )
     for q, qe in zip(dataset.query_ids, query_emb):
         chosen = candidates[q] if positives == "all" else [max(candidates[q], key=lambda n: float(text_emb[n.text] @ qe))]
         for node in chosen:
@@ -94,9 +97,10 @@ def ir_evaluator(dataset: QADataset, by_source: dict[str, list[TextNode]], k: in
     """Sentence-transformers' IR evaluator at node level: any node of a relevant document counts."""
     corpus = {n.node_id: n.text for ns in by_source.values() for n in ns}
     relevant = {q: {n.node_id for d in dataset.relevant_docs[q] for n in by_source.get(d, [])} for q in dataset.query_ids}
+    queries: dict[str, Any] = dict(dataset.queries)  # sentence-transformers types inputs as any modality
     return InformationRetrievalEvaluator(
-        queries=dataset.queries,
-        corpus=corpus,
+        queries=queries,
+        corpus=dict[str, Any](corpus),
         relevant_docs=relevant,
         accuracy_at_k=[1, k, 10],
         precision_recall_at_k=[k],
@@ -150,7 +154,9 @@ class EmbeddingFinetuner:
         )
         # Another chunk of the positive's own document is not a negative: drop such rows' negatives.
         neg_columns = [c for c in mined.column_names if c.startswith("negative")]
-        keep = [i for i, row in enumerate(mined) if all(source_of.get(row[c]) != source_of.get(row["positive"]) for c in neg_columns)]
+        keep = [
+            i for i, row in enumerate(mined) if all(source_of.get(row[c]) != source_of.get(row["positive"]) for c in neg_columns)
+        ]
         return mined.select(keep) if len(keep) >= len(mined) // 2 else pairs
 
     def fit(
@@ -200,7 +206,11 @@ class EmbeddingFinetuner:
         if cfg.hard_negatives > 0 and not cfg.freeze_passages:
             all_pairs = self._with_hard_negatives(all_pairs, by_source, model)
         fit_queries = set(fit_ds.queries.values())
-        pairs = all_pairs.select([i for i, a in enumerate(all_pairs["anchor"]) if a in fit_queries]) if val_ds is not None else all_pairs
+        pairs = (
+            all_pairs.select([i for i, a in enumerate(all_pairs["anchor"]) if a in fit_queries])
+            if val_ds is not None
+            else all_pairs
+        )
         evaluator = ir_evaluator(val_ds, by_source, cfg.k, "val") if val_ds is not None else None
         metrics: dict = {"config": asdict(cfg), "n_train_pairs": len(pairs), "n_val_queries": len(val_ds or [])}
         if loss is not None:
@@ -223,7 +233,7 @@ class EmbeddingFinetuner:
                 metrics["best_epoch"] = max(1, round(best["epoch"]))
             elif final_evaluator is not None:
                 metrics["val_after"] = _rounded(final_evaluator(model))
-            if cfg.freeze_passages and val_ds is not None:
+            if loss is not None and val_ds is not None:
                 metrics["val_after"] = loss.validation_hits(val_ds, by_source, cfg.k)
             selection = {k: metrics[k] for k in ("val_before", "val_after", "best_checkpoint", "best_epoch") if k in metrics}
             if will_refit:

@@ -45,7 +45,32 @@ from the passage. Put each question on its own line, with no numbering and no an
 
 _NUMBERING = re.compile(r"^\s*(?:[-*•]+|(?:q(?:uestion)?\s*)?\d+\s*[.):\]-]|q(?:uestion)?\s*\d*\s*:)\s*", re.IGNORECASE)
 _QUESTION_WORDS = frozenset(
-    "what which who whom whose when where why how is are was were do does did can could should would will has have had".split()
+    [
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "why",
+        "how",
+        "is",
+        "are",
+        "was",
+        "were",
+        "do",
+        "does",
+        "did",
+        "can",
+        "could",
+        "should",
+        "would",
+        "will",
+        "has",
+        "have",
+        "had",
+    ]
 )
 _MIN_WORDS = 3
 _MAX_CHARS = 400
@@ -302,7 +327,7 @@ def llm_from_spec(spec: str) -> LLM | None:
         kwargs: dict[str, Any] = {"model": model, "api_key": api_key, "api_base": api_base, "max_retries": 0, "timeout": 120.0}
         llm = OpenAI(**kwargs)
         try:
-            llm.metadata  # the OpenAI class only knows OpenAI's own model names
+            _ = llm.metadata  # the OpenAI class only knows OpenAI's own model names; reading it checks the name
         except ValueError:
             try:
                 from llama_index.llms.openai_like import OpenAILike

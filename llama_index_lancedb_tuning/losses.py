@@ -17,6 +17,11 @@ from .models import ENCODE_BATCH
 
 
 class QueryOnlyLoss(nn.Module):
+    # Declared for type checkers: nn.Module types its attributes and buffers as Tensor | Module.
+    model: SentenceTransformer
+    passages: Tensor
+    groups: Tensor
+
     def __init__(
         self, model: SentenceTransformer, texts: list[str], passages: Tensor, groups: Tensor, scale: float = 20.0
     ) -> None:
@@ -65,7 +70,10 @@ class QueryOnlyLoss(nn.Module):
 
     @classmethod
     def for_corpus(
-        cls, model: SentenceTransformer, by_source: dict[str, list[TextNode]], stored_vectors: Mapping[str, Sequence[float]] | None = None
+        cls,
+        model: SentenceTransformer,
+        by_source: dict[str, list[TextNode]],
+        stored_vectors: Mapping[str, Sequence[float]] | None = None,
     ) -> QueryOnlyLoss:
         """The loss over every node of `by_source`, its passages embedded once with the (still untrained) model,
         or, with `stored_vectors` (node id -> vector, e.g. a table's own), those vectors as they are.
@@ -75,9 +83,13 @@ class QueryOnlyLoss(nn.Module):
         """
         texts, sources = cls.node_texts(by_source)
         if stored_vectors is None:
-            vectors = model.encode(texts, batch_size=ENCODE_BATCH, normalize_embeddings=True, convert_to_tensor=True).detach().clone()
+            vectors = (
+                model.encode(texts, batch_size=ENCODE_BATCH, normalize_embeddings=True, convert_to_tensor=True).detach().clone()
+            )
         else:
-            node_of = {(n.text, s): n.node_id for s, ns in by_source.items() for n in reversed(ns)}  # the first node of equal ones
+            node_of = {
+                (n.text, s): n.node_id for s, ns in by_source.items() for n in reversed(ns)
+            }  # the first node of equal ones
             rows = np.asarray([stored_vectors[node_of[(t, s)]] for t, s in zip(texts, sources)], dtype=np.float32)
             vectors = nn.functional.normalize(torch.from_numpy(rows), dim=-1).to(model.device)
         codes = {s: i for i, s in enumerate(sorted(set(sources)))}

@@ -69,7 +69,9 @@ def export_onnx(model: str | None = None, int8: bool = False, cache_dir: str | P
                 self.transformer = transformer
 
             def forward(self, input_ids, attention_mask, token_type_ids):
-                return self.transformer(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+                return self.transformer(
+                    input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+                ).last_hidden_state
 
         sample = st.tokenizer(["an export sample", "a second, longer export sample"], padding=True, return_tensors="pt")
         if "token_type_ids" not in sample:
@@ -80,10 +82,14 @@ def export_onnx(model: str | None = None, int8: bool = False, cache_dir: str | P
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes about shape arithmetic that dynamic axes cover
             torch.onnx.export(
-                Encoder(), tuple(sample[k] for k in _INPUTS), str(tmp),
-                input_names=list(_INPUTS), output_names=["last_hidden_state"],
+                Encoder(),
+                tuple(sample[k] for k in _INPUTS),
+                str(tmp),
+                input_names=list(_INPUTS),
+                output_names=["last_hidden_state"],
                 dynamic_axes={k: {v: n for n, v in axes.items()} for k in (*_INPUTS, "last_hidden_state")},
-                opset_version=17, dynamo=False,
+                opset_version=17,
+                dynamo=False,
             )
         (out / "pooling.json").write_text(json.dumps({"pooling": _pooling(st), "max_seq_length": st.max_seq_length}))
         tmp.replace(fp32)  # only a finished export is ever reused
@@ -122,8 +128,15 @@ class OnnxEmbedding(BaseEmbedding):
     _tokenizer: Any = PrivateAttr()
     _cache_dir: str | Path | None = PrivateAttr()
 
-    def __init__(self, model_name: str | None = None, int8: bool = False, embed_batch_size: int = 16,
-                 cache_dir: str | Path | None = None, threads: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model_name: str | None = None,
+        int8: bool = False,
+        embed_batch_size: int = 16,
+        cache_dir: str | Path | None = None,
+        threads: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -158,7 +171,9 @@ class OnnxEmbedding(BaseEmbedding):
         """Normalised float32 vectors; texts run longest first so each batch pads little."""
         vectors: list[np.ndarray] = [np.empty(0)] * len(texts)
         for batch in longest_first_batches(texts, self.embed_batch_size):
-            enc = self._tokenizer([texts[i] for i in batch], padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+            enc = self._tokenizer(
+                [texts[i] for i in batch], padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
+            )
             feed = {k: enc[k].astype(np.int64) for k in _INPUTS if k in enc}
             feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
             hidden = self._session.run(None, feed)[0]

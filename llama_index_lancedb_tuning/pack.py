@@ -114,7 +114,13 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         self._build_views()
 
     @classmethod
-    def from_table(cls, uri: str = DEFAULT_URI, table_name: str = DEFAULT_TABLE, embed_model: str | BaseEmbedding | None = None, **kwargs: Any) -> FinetunedLanceDBRetrieverPack:
+    def from_table(
+        cls,
+        uri: str = DEFAULT_URI,
+        table_name: str = DEFAULT_TABLE,
+        embed_model: str | BaseEmbedding | None = None,
+        **kwargs: Any,
+    ) -> FinetunedLanceDBRetrieverPack:
         """Reopen an existing table: an app restarts without re-embedding the corpus.
 
         Tables written by LlamaIndex's `LanceDBVectorStore` open too; a missing full-text index is
@@ -190,11 +196,18 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         search = SearchConfig(k=k, hybrid=self.hybrid_fusion)  # type: ignore[arg-type]
         ix = self.lancedb_index
         reranker = node_reranker(self.reranker_spec, k, self.embed_model, ix.table)
-        retrievers = ix.retrievers(k, reranker, hybrid_reranker(search.hybrid, search.rrf_k), search.overfetch, search.hybrid_overfetch)
-        names = {qt: reranker_name(reranker) if qt.startswith("reranked_") else f"lancedb.{search.hybrid}" if qt == "hybrid" else None for qt in retrievers}
+        retrievers = ix.retrievers(
+            k, reranker, hybrid_reranker(search.hybrid, search.rrf_k), search.overfetch, search.hybrid_overfetch
+        )
+        names = {
+            qt: reranker_name(reranker) if qt.startswith("reranked_") else f"lancedb.{search.hybrid}" if qt == "hybrid" else None
+            for qt in retrievers
+        }
         return evaluate_retrievers(retrievers, dataset, k, model, names)
 
-    def finetune(self, train: QADataset, mode: TuneMode = "query", output_dir: str | Path | None = None, **overrides: Any) -> FinetuneResult:
+    def finetune(
+        self, train: QADataset, mode: TuneMode = "query", output_dir: str | Path | None = None, **overrides: Any
+    ) -> FinetuneResult:
         """Tune the embedding model on the table's own nodes and serve the result from now on.
 
         `query`: only a query encoder learns, against the table's stored vectors, frozen; no row
@@ -282,7 +295,7 @@ def write_pack_source(dest: str | Path, overwrite: bool = False) -> Path:
             f"index, rerankers and data helpers from the installed `{_PACKAGE}` package.\n\n"
             "```python\n"
             f"from {dest.name if dest.name.isidentifier() else 'my_pack'} import {name}\n\n"
-            f"pack = {name}(documents=docs, embed_model=\"path/to/tuned-model\", uri=\"./lancedb\")\n"
+            f'pack = {name}(documents=docs, embed_model="path/to/tuned-model", uri="./lancedb")\n'
             'nodes = pack.run("what changed in 2021?")\n'
             "```\n"
         ),

@@ -38,7 +38,9 @@ logger = logging.getLogger(__name__)
 
 def build_nodes(corpus: dict[str, str], model: str | None, config: ChunkingConfig) -> list[TextNode]:
     """`corpus` chunked as `config` says, in `model`'s tokens."""
-    return chunk_corpus(corpus, model_tokenizer(resolve_model(model)), config.chunk_size, config.chunk_overlap, config.fix_glued_words)
+    return chunk_corpus(
+        corpus, model_tokenizer(resolve_model(model)), config.chunk_size, config.chunk_overlap, config.fix_glued_words
+    )
 
 
 def score_model(
@@ -56,12 +58,19 @@ def score_model(
     Adds the seconds spent to `timings["index"]` and `timings["evaluate"]`.
     """
     t = time.perf_counter()
-    index = LanceDBIndex.build(nodes, load_embed_model(model, backend=config.backend), uri=uri, table_name=table_name, mode="overwrite")
+    index = LanceDBIndex.build(
+        nodes, load_embed_model(model, backend=config.backend), uri=uri, table_name=table_name, mode="overwrite"
+    )
     timings["index"] = round(timings.get("index", 0.0) + time.perf_counter() - t, 2)
     t = time.perf_counter()
     reranker = node_reranker(config.reranker, config.k, index.embed_model, index.table)
-    retrievers = index.retrievers(config.k, reranker, hybrid_reranker(config.hybrid, config.rrf_k), config.overfetch, config.hybrid_overfetch)
-    names = {qt: (reranker_name(reranker) if qt.startswith("reranked_") else f"lancedb.{config.hybrid}" if qt == "hybrid" else None) for qt in retrievers}
+    retrievers = index.retrievers(
+        config.k, reranker, hybrid_reranker(config.hybrid, config.rrf_k), config.overfetch, config.hybrid_overfetch
+    )
+    names = {
+        qt: (reranker_name(reranker) if qt.startswith("reranked_") else f"lancedb.{config.hybrid}" if qt == "hybrid" else None)
+        for qt in retrievers
+    }
     results = evaluate_retrievers(retrievers, test, config.k, label, names)
     timings["evaluate"] = round(timings.get("evaluate", 0.0) + time.perf_counter() - t, 2)
     return results

@@ -78,7 +78,9 @@ def comparison_figure(results: Sequence[EvalResult], k: int = 5, title: str = ""
         rates = [r.hit_rate if r else 0.0 for r in rows]
         err = np.array([[r.hit_rate - r.ci95[0], r.ci95[1] - r.hit_rate] if r else [0, 0] for r in rows]).T
         bars = hit_ax.bar(offset, rates, width, yerr=err, capsize=3, label=m)
-        labels = [f"{v:.2f}" + (f"\np={r.p_vs_baseline:.2g}" if r and r.p_vs_baseline is not None else "") for v, r in zip(rates, rows)]
+        labels = [
+            f"{v:.2f}" + (f"\np={r.p_vs_baseline:.2g}" if r and r.p_vs_baseline is not None else "") for v, r in zip(rates, rows)
+        ]
         hit_ax.bar_label(bars, labels=labels, fontsize=7, padding=2)
         mrr = [r.mrr if r else 0.0 for r in rows]
         mrr_ax.bar_label(mrr_ax.bar(offset, mrr, width, label=m), labels=[f"{v:.2f}" for v in mrr], fontsize=7, padding=2)

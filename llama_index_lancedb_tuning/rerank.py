@@ -87,7 +87,9 @@ class FusionRerank(BaseNodePostprocessor):
             raise TuningError("FusionRerank needs the query")
         return self.rerank(nodes, query_bundle)
 
-    def rerank(self, nodes: list[NodeWithScore], query_bundle: QueryBundle, bm25: BM25Lookup | None = None) -> list[NodeWithScore]:
+    def rerank(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle, bm25: BM25Lookup | None = None
+    ) -> list[NodeWithScore]:
         """The top `top_n` candidates by fused score.
 
         Args:

@@ -146,7 +146,9 @@ class RerankedRetriever(BaseRetriever):
         similarity_top_k: nodes kept after reranking.
     """
 
-    def __init__(self, base: LanceDBRetriever, postprocessor: BaseNodePostprocessor, similarity_top_k: int = 5, **kwargs: Any) -> None:
+    def __init__(
+        self, base: LanceDBRetriever, postprocessor: BaseNodePostprocessor, similarity_top_k: int = 5, **kwargs: Any
+    ) -> None:
         self.base = base
         self.postprocessor = postprocessor
         self.similarity_top_k = similarity_top_k

@@ -66,7 +66,9 @@ class SharedSearch:
         fts_depth: how deep each full-text list reaches at least.
     """
 
-    def __init__(self, table: lancedb.table.Table, embed_model: BaseEmbedding, nprobes: int = 20, fts_depth: int = FTS_DEPTH) -> None:
+    def __init__(
+        self, table: lancedb.table.Table, embed_model: BaseEmbedding, nprobes: int = 20, fts_depth: int = FTS_DEPTH
+    ) -> None:
         self.table = table
         self.embed_model = embed_model
         self.nprobes = nprobes
@@ -113,7 +115,11 @@ class SharedSearch:
         if query_type == "fts" and k <= self._fts_limit:
             return [self._fts[q][:k] if q.strip() else [] for q in queries]
         depth = depth or k
-        if query_type == "hybrid" and isinstance(hybrid_reranker, RRFReranker) and depth <= min(self._vector_limit, self._fts_limit):
+        if (
+            query_type == "hybrid"
+            and isinstance(hybrid_reranker, RRFReranker)
+            and depth <= min(self._vector_limit, self._fts_limit)
+        ):
             return [self._rrf(q, k, hybrid_reranker, depth) if q.strip() else [] for q in queries]
         return None
 

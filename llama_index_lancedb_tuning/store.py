@@ -261,7 +261,9 @@ def rewrite_vectors(table: lancedb.table.Table, embed_model: BaseEmbedding, batc
     interrupted); the full-text index is rebuilt over the rewritten rows.
     """
     rows = table.to_arrow()
-    texts = [node_from_row(r).get_content(metadata_mode=MetadataMode.EMBED) for r in rows.select(list(RESULT_COLUMNS)).to_pylist()]
+    texts = [
+        node_from_row(r).get_content(metadata_mode=MetadataMode.EMBED) for r in rows.select(list(RESULT_COLUMNS)).to_pylist()
+    ]
     vectors = np.concatenate([embed_texts(embed_model, texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
     if not np.isfinite(vectors).all():
         raise TuningError("the embedding model made non-finite vectors; it is broken (retrain it with a lower learning rate)")
@@ -308,13 +310,7 @@ def vector_search_many(
     for start in range(0, len(vectors), batch_size):
         batch = [np.asarray(v, dtype=np.float32) for v in vectors[start : start + batch_size]]
         search: Any = table.search(batch if len(batch) > 1 else batch[0])  # a vector query builder
-        rows = (
-            search.distance_type("cosine")
-            .nprobes(nprobes)
-            .select([*RESULT_COLUMNS, "_distance"])
-            .limit(limit)
-            .to_arrow()
-        )
+        rows = search.distance_type("cosine").nprobes(nprobes).select([*RESULT_COLUMNS, "_distance"]).limit(limit).to_arrow()
         positions = rows.column("query_index").to_pylist() if "query_index" in rows.column_names else [0] * rows.num_rows
         for position, hit in zip(positions, scored_nodes(rows.to_pylist(), "_distance")):
             out[start + position].append(hit)

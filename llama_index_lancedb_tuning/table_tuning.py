@@ -45,7 +45,9 @@ def tuning_config(index: LanceDBIndex, mode: TuneMode, overrides: dict[str, Any]
     known = {f.name for f in fields(FinetuneConfig)} - set(_RECIPE_FIELDS)
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise TuningError(f"unknown fine-tuning setting {', '.join(unknown)}; use FinetuneConfig's fields: {', '.join(sorted(known))}")
+        raise TuningError(
+            f"unknown fine-tuning setting {', '.join(unknown)}; use FinetuneConfig's fields: {', '.join(sorted(known))}"
+        )
     base = overrides.get("base_model") or encoder_name(index.embed_model)
     if base is None:
         raise TuningError("the table's embed_model has no model path to tune from; pass base_model=PATH_OR_HUB_ID")
@@ -78,7 +80,9 @@ def tune_index(
     config = tuning_config(index, mode, overrides)
     document_name = encoder_name(index.embed_model)
     if mode == "query" and document_name is None:
-        raise TuningError("the table's embed_model has no model path to record beside the tuned query encoder; open it with a path or hub id")
+        raise TuningError(
+            "the table's embed_model has no model path to record beside the tuned query encoder; open it with a path or hub id"
+        )
     out = Path(output_dir).expanduser() if output_dir is not None else default_output_dir(index, mode)
     if out.is_dir() and any(out.iterdir()):
         raise TuningError(f"{out} exists and is not empty; pass another output_dir= for the tuned model")

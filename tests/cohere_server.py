@@ -105,7 +105,11 @@ class CohereServer:
                 if self.path.rstrip("/") != "/v2/rerank":
                     self._send(404, {"message": f"no route {self.path}"})
                     return
-                if not isinstance(body, dict) or not isinstance(body.get("query"), str) or not isinstance(body.get("documents"), list):
+                if (
+                    not isinstance(body, dict)
+                    or not isinstance(body.get("query"), str)
+                    or not isinstance(body.get("documents"), list)
+                ):
                     self._send(400, {"message": "body needs query (string) and documents (list)"})
                     return
                 kind, arg = server._next_step()

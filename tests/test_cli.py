@@ -45,7 +45,11 @@ def test_fine_tuning_defaults_follow_the_source_of_pairs():
     def config(*flags):
         return _run_config(build_parser().parse_args(["run", "data.csv", "--out", "o", *flags]))
 
-    labeled, offline, chosen = config(), config("--pairs", "offline"), config("--pairs", "offline", "--lr", "1e-4", "--epochs", "3")
+    labeled, offline, chosen = (
+        config(),
+        config("--pairs", "offline"),
+        config("--pairs", "offline", "--lr", "1e-4", "--epochs", "3"),
+    )
     assert (labeled.pairs, labeled.finetune.epochs, labeled.finetune.learning_rate) == ("labeled", 4, 1e-4)
     assert (offline.pairs, offline.finetune.epochs, offline.finetune.learning_rate) == ("offline", 2, 3e-5)
     assert (chosen.finetune.epochs, chosen.finetune.learning_rate) == (3, 1e-4)  # flags beat the defaults

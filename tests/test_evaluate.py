@@ -6,7 +6,9 @@ from llama_index_lancedb_tuning.report import comparison_plot, comparison_table
 
 
 def _hit(doc):
-    return NodeWithScore(node=TextNode(text="x", relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=doc)}), score=1.0)
+    return NodeWithScore(
+        node=TextNode(text="x", relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=doc)}), score=1.0
+    )
 
 
 def test_reciprocal_rank_counts_source_documents_and_empty_lists_are_misses():

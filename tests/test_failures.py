@@ -21,7 +21,9 @@ from llama_index_lancedb_tuning.cli import main
 from llama_index_lancedb_tuning.store import connect, write_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
-GOOD_ROWS = [(f"What does note {i} say about topic {i % 3}?", f"Note {i % 6} explains its own topic in a few words.") for i in range(12)]
+GOOD_ROWS = [
+    (f"What does note {i} say about topic {i % 3}?", f"Note {i % 6} explains its own topic in a few words.") for i in range(12)
+]
 
 
 class ExpensiveWork(BaseException):
@@ -85,7 +87,12 @@ def fail(capsys, argv: list[str], out: Path | None = None) -> str:
         ("empty.csv", "", [], r"is empty; it needs a header row"),
         ("header.csv", "query,context\n", [], r"no rows with both a query and a context"),
         ("blanks.csv", "query,context\n,some context\na query,\n  ,  \n", [], r"no rows with both a query and a context"),
-        ("latin1.csv", "query,context\ncaf\xe9,cr\xe8me\n".encode("latin-1"), [], r"not UTF-8 text \(byte \d+\); re-save the CSV as UTF-8"),
+        (
+            "latin1.csv",
+            "query,context\ncaf\xe9,cr\xe8me\n".encode("latin-1"),
+            [],
+            r"not UTF-8 text \(byte \d+\); re-save the CSV as UTF-8",
+        ),
         ("bad.json", "{not json", [], r"not a QA dataset JSON file"),
         ("list.json", "[1, 2]", [], r"missing keys.*EmbeddingQAFinetuneDataset"),
         (
@@ -136,7 +143,9 @@ def test_documents_directory_without_readable_documents(tmp_path, good_csv, caps
 
 
 def test_empty_and_repeated_rows_are_skipped_and_merged_with_a_warning(tmp_path, caplog):
-    path = write_csv(tmp_path / "mixed.csv", [("q one?", "ctx a"), ("", "ctx b"), ("q two?", "  "), ("q one?", "ctx c"), ("q one?", "ctx a")])
+    path = write_csv(
+        tmp_path / "mixed.csv", [("q one?", "ctx a"), ("", "ctx b"), ("q two?", "  "), ("q one?", "ctx c"), ("q one?", "ctx a")]
+    )
     with caplog.at_level(logging.WARNING):
         ds = load_labeled_csv(path)
     assert len(ds) == 1 and sorted(ds.corpus.values()) == ["ctx a", "ctx c"]
@@ -260,10 +269,19 @@ def test_cli_subprocess_exit_codes(tmp_path, good_csv):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     cli = [sys.executable, "-m", "llama_index_lancedb_tuning.cli"]
     procs = [
-        subprocess.Popen([*cli, "run", str(bad), "--out", str(tmp_path / "o1")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env),
+        subprocess.Popen(
+            [*cli, "run", str(bad), "--out", str(tmp_path / "o1")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        ),
         subprocess.Popen(
             [*cli, "evaluate", str(good_csv), "--model", "no-such-org/no-such-model", "--out", str(tmp_path / "o2")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         ),
     ]
     results = [p.communicate(timeout=300) for p in procs]
@@ -278,19 +296,28 @@ def test_cli_subprocess_exit_codes(tmp_path, good_csv):
 
 # -- fuzzing: the loaders either load or raise TuningError ------------------------------
 
+
 @pytest.fixture(scope="module")
 def fuzz_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
 _csv_text = st.lists(
-    st.lists(st.sampled_from(["query", "context", "", "q?", "ctx", '"', ",", "\n", "\r", "\x00", "é", " ", "a,b", '""']), max_size=8).map("".join),
+    st.lists(
+        st.sampled_from(["query", "context", "", "q?", "ctx", '"', ",", "\n", "\r", "\x00", "é", " ", "a,b", '""']), max_size=8
+    ).map("".join),
     max_size=6,
 ).map("\n".join)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.one_of(st.binary(max_size=300), _csv_text.map(lambda t: t.encode("utf-8")), st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass"))))
+@given(
+    data=st.one_of(
+        st.binary(max_size=300),
+        _csv_text.map(lambda t: t.encode("utf-8")),
+        st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    )
+)
 def test_fuzz_csv_loader_loads_or_raises_tuning_error(fuzz_dir, data):
     path = fuzz_dir / "fuzz.csv"
     path.write_bytes(data)
@@ -305,7 +332,10 @@ def test_fuzz_csv_loader_loads_or_raises_tuning_error(fuzz_dir, data):
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.sampled_from(["q1", "d1", "text", ""]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["queries", "corpus", "relevant_docs", "mode", "q1", "d1"]), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["queries", "corpus", "relevant_docs", "mode", "q1", "d1"]), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -330,7 +360,7 @@ SECRET = "sk-secret-XYZ"
 def assert_no_secret(*texts: str, root: Path | None = None) -> None:
     for text in texts:
         assert SECRET not in text
-    for path in (root.rglob("*") if root else []):
+    for path in root.rglob("*") if root else []:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
 
@@ -340,7 +370,9 @@ def docs_dir(tmp_path) -> Path:
     docs = tmp_path / "docs"
     docs.mkdir()
     for i, topic in enumerate(["glaciers", "volcanoes", "coral reefs"]):
-        (docs / f"{i}.txt").write_text(f"This note covers {topic} in some detail. It says why {topic} change over long periods of time.")
+        (docs / f"{i}.txt").write_text(
+            f"This note covers {topic} in some detail. It says why {topic} change over long periods of time."
+        )
     return docs
 
 
@@ -366,12 +398,20 @@ def test_openai_key_never_reaches_output_logs_reports_or_errors(tmp_path, docs_d
                 server.rules[""] = ("status", status)
                 with pytest.raises(TuningError) as info:
                     generate_llm_pairs(
-                        nodes, llm_from_spec("openai:gpt-4o-mini"), tmp_path / f"p{status}.json",
-                        max_retries=2, retry_base_delay=0.01, retry_max_delay=0.02, show_progress=False,
+                        nodes,
+                        llm_from_spec("openai:gpt-4o-mini"),
+                        tmp_path / f"p{status}.json",
+                        max_retries=2,
+                        retry_base_delay=0.01,
+                        retry_max_delay=0.02,
+                        show_progress=False,
                     )
                 errors.append(f"{info.value!s} {info.value!r} {info.value.__cause__!r} {info.value.__context__!r}")
             server.rules.clear()  # and a run that works
-            assert main(["generate", str(docs_dir), "--out", str(tmp_path / "ok.json"), "--llm", "openai:gpt-4o-mini", "--quiet"]) == 0
+            assert (
+                main(["generate", str(docs_dir), "--out", str(tmp_path / "ok.json"), "--llm", "openai:gpt-4o-mini", "--quiet"])
+                == 0
+            )
     finally:
         server.stop()
     assert len(server.requests) >= 1 + 2 * 3
@@ -396,7 +436,9 @@ class _EchoingServer:
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 key = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                body = json.dumps({"error": {"message": f"Incorrect API key provided: {key}.", "type": "invalid_request_error"}}).encode()
+                body = json.dumps(
+                    {"error": {"message": f"Incorrect API key provided: {key}.", "type": "invalid_request_error"}}
+                ).encode()
                 self.send_response(401)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

@@ -17,12 +17,14 @@ def spy_trainer(monkeypatch):
     class SpyTrainer(finetune_module.SentenceTransformerTrainer):
         def train(self, *args, **kwargs):
             result = super().train(*args, **kwargs)
-            runs.append({
-                "anchors": set(self.train_dataset["anchor"]),
-                "epochs": self.args.num_train_epochs,
-                "evaluated": self.evaluator is not None,
-                "steps": self.state.global_step,
-            })
+            runs.append(
+                {
+                    "anchors": set(self.train_dataset["anchor"]),
+                    "epochs": self.args.num_train_epochs,
+                    "evaluated": self.evaluator is not None,
+                    "steps": self.state.global_step,
+                }
+            )
             return result
 
     monkeypatch.setattr(finetune_module, "SentenceTransformerTrainer", SpyTrainer)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from llama_index.core.schema import TextNode
 from llama_index.llms.openai import OpenAI
+from openai_server import OpenAIServer  # tests/ is on sys.path under pytest's default import mode
 
 from llama_index_lancedb_tuning.dataset import QADataset
 from llama_index_lancedb_tuning.documents import load_documents
@@ -21,8 +22,6 @@ from llama_index_lancedb_tuning.errors import TuningError
 from llama_index_lancedb_tuning.llm_pairs import generate_llm_pairs, llm_from_spec, parse_questions
 from llama_index_lancedb_tuning.offline_pairs import generate_offline_pairs, source_node_id
 from llama_index_lancedb_tuning.progress_file import progress_path
-
-from openai_server import OpenAIServer  # tests/ is on sys.path under pytest's default import mode
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -110,7 +109,9 @@ def test_persistent_failure_is_a_clear_error_and_keeps_finished_chunks(server, t
 
     # Within the allowed fraction, a failing chunk is left out and the run completes.
     server.rules["Section 2 covers"] = ("status", 503)
-    dataset = generate_llm_pairs(make_nodes(6)[2:], client(server), tmp_path / "q.json", max_retries=1, max_failed_fraction=0.25, **FAST)
+    dataset = generate_llm_pairs(
+        make_nodes(6)[2:], client(server), tmp_path / "q.json", max_retries=1, max_failed_fraction=0.25, **FAST
+    )
     assert sorted({d for docs in dataset.relevant_docs.values() for d in docs}) == ["doc-3:0", "doc-4:0", "doc-5:0"]
 
 

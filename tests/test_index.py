@@ -85,7 +85,9 @@ def test_shared_search_serves_every_query_type_with_lancedb_own_results(built, s
     shared.bm25 = lambda q, ids: lookups.append(q) or known_bm25(q, ids)
     searches = []
     table_search = type(index.table).search
-    type(index.table).search = lambda self, *a, **kw: searches.append(kw.get("query_type", "vector")) or table_search(self, *a, **kw)
+    type(index.table).search = lambda self, *a, **kw: (
+        searches.append(kw.get("query_type", "vector")) or table_search(self, *a, **kw)
+    )
     try:
         shared.prefetch(queries, vectors, vector_limit=20, fts_limit=20)  # the reranked types' 4 × k
         prefetch_searches = len(searches)
@@ -115,7 +117,9 @@ def test_evaluation_shares_searches_without_any_global_state(built, small_datase
         assert row.per_query == alone.per_query, row.query_type
         assert row.latency_ms > 0, row.query_type  # a shared search's cost is counted, not hidden
     for module in (shared_search, store):
-        assert not [name for name, value in vars(module).items() if isinstance(value, (dict, list, set)) and not name.startswith("__")]
+        assert not [
+            name for name, value in vars(module).items() if isinstance(value, (dict, list, set)) and not name.startswith("__")
+        ]
 
 
 def test_hybrid_fuses_deeper_legs_then_cuts_to_k(built, small_dataset):
@@ -147,7 +151,10 @@ def test_hit_rates_on_real_data_are_in_the_expected_range(built, small_dataset):
     assert 0.6 <= result.hit_rate <= 0.98
     assert result.n == 40 and result.ci95[0] <= result.hit_rate <= result.ci95[1]
     batched = result.per_query
-    looped = [evaluate_retriever(index.retriever("vector", 5), small_dataset.subset([q]), 5).per_query[0] for q in small_dataset.query_ids[:5]]
+    looped = [
+        evaluate_retriever(index.retriever("vector", 5), small_dataset.subset([q]), 5).per_query[0]
+        for q in small_dataset.query_ids[:5]
+    ]
     assert batched[:5] == looped
 
 

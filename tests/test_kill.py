@@ -11,7 +11,6 @@ import atexit
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,8 +24,8 @@ from llama_index.core.schema import TextNode
 
 from llama_index_lancedb_tuning import QADataset, TuningError
 from llama_index_lancedb_tuning.cli import main
-from llama_index_lancedb_tuning.metrics import EvalResult
 from llama_index_lancedb_tuning.index import LanceDBIndex
+from llama_index_lancedb_tuning.metrics import EvalResult
 from llama_index_lancedb_tuning.store import connect, existing_table, missing_nodes, write_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +73,9 @@ class Zygote:
 
     def __init__(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
         assert self.proc.stdout.readline().strip() == "ready"
 
     def _ask(self, msg: dict) -> dict:
@@ -140,7 +141,15 @@ def check_whole_batches(uri: str, batch: int, expected: list[str]):
 def finish_ingest(uri: str, nodes: list[TextNode], batch: int) -> None:
     """The documented resume: append only the nodes the table does not hold yet."""
     db = connect(uri)
-    write_nodes(missing_nodes(existing_table(db, "t"), nodes), MockEmbedding(embed_dim=DIM), db, "t", mode="append", batch_size=batch, show_progress=False)
+    write_nodes(
+        missing_nodes(existing_table(db, "t"), nodes),
+        MockEmbedding(embed_dim=DIM),
+        db,
+        "t",
+        mode="append",
+        batch_size=batch,
+        show_progress=False,
+    )
 
 
 def test_sigkilled_ingest_leaves_whole_batches_and_resumes_without_loss(zygote, tmp_path):

@@ -18,7 +18,9 @@ def onnx_cache(tmp_path_factory):
 def onnx_models(onnx_cache, default_model_path):
     from llama_index_lancedb_tuning.onnx_backend import OnnxEmbedding
 
-    return OnnxEmbedding(default_model_path, cache_dir=onnx_cache), OnnxEmbedding(default_model_path, int8=True, cache_dir=onnx_cache)
+    return OnnxEmbedding(default_model_path, cache_dir=onnx_cache), OnnxEmbedding(
+        default_model_path, int8=True, cache_dir=onnx_cache
+    )
 
 
 def test_fp32_gives_the_torch_vectors_and_int8_stays_close(onnx_models, embed_model, small_nodes, small_dataset):

@@ -6,18 +6,17 @@ import traceback
 
 import numpy as np
 import pytest
+from cohere_server import CohereServer, rank_documents  # tests/ is on sys.path under pytest's default import mode
 from llama_index.core.evaluation import RetrieverEvaluator
 from llama_index.core.llms import MockLLM
 from llama_index.core.schema import MetadataMode, TextNode
 
 from llama_index_lancedb_tuning import TuningError, evaluate_retriever
 from llama_index_lancedb_tuning.chunking import SOURCE_ID_KEY
-from llama_index_lancedb_tuning.encoding import embed_queries, embed_texts
-from llama_index_lancedb_tuning.config import RERANK_OVERFETCH
-from llama_index_lancedb_tuning.pack import BaseLlamaPack, FinetunedLanceDBRetrieverPack, write_pack_source
 from llama_index_lancedb_tuning.cohere_rerank import COHERE_MODEL, cohere_reranker
-
-from cohere_server import CohereServer, rank_documents  # tests/ is on sys.path under pytest's default import mode
+from llama_index_lancedb_tuning.config import RERANK_OVERFETCH
+from llama_index_lancedb_tuning.encoding import embed_queries, embed_texts
+from llama_index_lancedb_tuning.pack import BaseLlamaPack, FinetunedLanceDBRetrieverPack, write_pack_source
 
 TYPES = ("vector", "fts", "reranked_vector", "reranked_fts", "hybrid")
 SECRET = "sk-test-NEVER-PRINT-7f3a9c"
@@ -78,7 +77,10 @@ def test_five_retrievers_return_real_scores(built, small_dataset, embed_model):
     cosine = embed_texts(embed_model, [h.node.text for h in hits["vector"]]) @ q
     np.testing.assert_allclose([h.score for h in hits["vector"]], cosine, atol=1e-4)
     table = pack.get_modules()["table"]
-    bm25 = {r["id"]: r["_score"] for r in table.search(query, query_type="fts", fts_columns="text").select(["id", "_score"]).limit(5).to_list()}
+    bm25 = {
+        r["id"]: r["_score"]
+        for r in table.search(query, query_type="fts", fts_columns="text").select(["id", "_score"]).limit(5).to_list()
+    }
     assert [h.node.node_id for h in hits["fts"]] == list(bm25)
     np.testing.assert_allclose([h.score for h in hits["fts"]], list(bm25.values()), rtol=1e-6)
     assert hits["fts"][0].score > 1.0  # BM25, not a 1..0 rank placeholder
@@ -135,11 +137,17 @@ def test_default_mode_leaves_an_existing_table_intact(built, small_nodes, embed_
 
 
 def test_append_keeps_fulltext_current(tmp_path, small_nodes, embed_model):
-    pack = FinetunedLanceDBRetrieverPack(nodes=small_nodes[:3], embed_model=embed_model, uri=str(tmp_path), table_name="t", query_type="fts")
+    pack = FinetunedLanceDBRetrieverPack(
+        nodes=small_nodes[:3], embed_model=embed_model, uri=str(tmp_path), table_name="t", query_type="fts"
+    )
     pack.add(nodes=[TextNode(text="Zanzibar pangolins migrate at dusk.")])
     assert pack.run("pangolins Zanzibar")[0].node.text == "Zanzibar pangolins migrate at dusk."
     later = FinetunedLanceDBRetrieverPack(
-        nodes=[TextNode(text="Quokkas photobomb tourists on Rottnest.")], embed_model=embed_model, uri=str(tmp_path), table_name="t", mode="append"
+        nodes=[TextNode(text="Quokkas photobomb tourists on Rottnest.")],
+        embed_model=embed_model,
+        uri=str(tmp_path),
+        table_name="t",
+        mode="append",
     )
     assert later.get_modules()["table"].count_rows() == 5
     assert later.retrievers["fts"].retrieve("quokkas Rottnest")[0].node.text.startswith("Quokkas")
@@ -183,7 +191,9 @@ def test_download_pack_copy_imports_and_runs(tmp_path, small_nodes, embed_model,
         spec.loader.exec_module(module)
         copy_cls = module.FinetunedLanceDBRetrieverPack
         assert copy_cls is not FinetunedLanceDBRetrieverPack and copy_cls.__module__ == "my_pack_copy.base"
-        pack = copy_cls(nodes=small_nodes[:8], embed_model=embed_model, uri=str(tmp_path / "db"), table_name="t", query_type="vector")
+        pack = copy_cls(
+            nodes=small_nodes[:8], embed_model=embed_model, uri=str(tmp_path / "db"), table_name="t", query_type="vector"
+        )
         hits = pack.run(small_dataset.corpus[small_nodes[0].metadata[SOURCE_ID_KEY]][:200])
         assert hits and hits[0].node.node_id == small_nodes[0].node_id
     finally:
@@ -212,9 +222,15 @@ def test_cohere_pack_returns_nodes_in_the_servers_order(built, embed_model, cohe
     hits = pack.run(query)
     request = cohere_server.requests[-1]
     assert request["path"] == "/v2/rerank" and request["headers"]["Authorization"] == f"Bearer {SECRET}"
-    assert request["body"]["model"] == COHERE_MODEL and request["body"]["top_n"] == 5 and len(request["body"]["documents"]) == 5 * RERANK_OVERFETCH
+    assert (
+        request["body"]["model"] == COHERE_MODEL
+        and request["body"]["top_n"] == 5
+        and len(request["body"]["documents"]) == 5 * RERANK_OVERFETCH
+    )
     expected = rank_documents(query, request["body"]["documents"], 5)
-    assert [h.node.get_content(metadata_mode=MetadataMode.EMBED) for h in hits] == [request["body"]["documents"][r["index"]] for r in expected]
+    assert [h.node.get_content(metadata_mode=MetadataMode.EMBED) for h in hits] == [
+        request["body"]["documents"][r["index"]] for r in expected
+    ]
     assert [h.score for h in hits] == [r["relevance_score"] for r in expected]
     assert pack.retrievers["reranked_fts"].retrieve(query)
 
@@ -264,11 +280,18 @@ def test_documents_are_respaced_before_indexing_unless_kept(tmp_path, embed_mode
         Document(text="Wehaveimplementedaqualityassuranceprocess for every annotation batch.", doc_id="qa"),
         Document(text="Reward models score helpfulness and safety separately.", doc_id="rm"),
     ]
-    fixed = FinetunedLanceDBRetrieverPack(documents=documents, embed_model=embed_model, uri=str(tmp_path), table_name="fixed", query_type="fts")
+    fixed = FinetunedLanceDBRetrieverPack(
+        documents=documents, embed_model=embed_model, uri=str(tmp_path), table_name="fixed", query_type="fts"
+    )
     hits = fixed.run("quality assurance")
     assert hits and hits[0].node.metadata[SOURCE_ID_KEY] == "qa"
     assert hits[0].node.text.startswith("We have implemented a quality assurance process")
     kept = FinetunedLanceDBRetrieverPack(
-        documents=documents, embed_model=embed_model, uri=str(tmp_path), table_name="kept", query_type="fts", fix_glued_words=False
+        documents=documents,
+        embed_model=embed_model,
+        uri=str(tmp_path),
+        table_name="kept",
+        query_type="fts",
+        fix_glued_words=False,
     )
     assert kept.run("quality assurance") == []  # one glued term: BM25 cannot see the words inside it

@@ -81,7 +81,11 @@ def test_query_tuning_keeps_every_vector_and_reopens_the_pair(tmp_path, small_no
     assert [h.node.node_id for h in hits] == [h.node.node_id for h in pack.retrievers["vector"].retrieve(probe)]
     # The tuned query encoder scores against the stored (document-encoder) vectors.
     q = embed_queries(pack.query_encoder, [probe])[0]
-    np.testing.assert_allclose([h.score for h in hits], embed_texts(pack.document_encoder, [h.node.get_content(metadata_mode=MetadataMode.EMBED) for h in hits]) @ q, atol=1e-4)
+    np.testing.assert_allclose(
+        [h.score for h in hits],
+        embed_texts(pack.document_encoder, [h.node.get_content(metadata_mode=MetadataMode.EMBED) for h in hits]) @ q,
+        atol=1e-4,
+    )
 
 
 def test_add_after_query_tuning_embeds_with_the_document_encoder(tmp_path, small_nodes, split, embed_model):
@@ -92,7 +96,7 @@ def test_add_after_query_tuning_embeds_with_the_document_encoder(tmp_path, small
     pack.add(nodes=[TextNode(id_="quokka", text=text)])
     row = pack.get_modules()["table"].search().where("id = 'quokka'").limit(1).to_list()[0]
     np.testing.assert_allclose(row["vector"], embed_texts(embed_model, [text])[0], atol=1e-6)
-    assert [h.node.node_id for h in pack.retrievers["fts"].retrieve("quokkas rottnest")] [:1] == ["quokka"]
+    assert [h.node.node_id for h in pack.retrievers["fts"].retrieve("quokkas rottnest")][:1] == ["quokka"]
     reopened = FinetunedLanceDBRetrieverPack.from_table(uri=str(tmp_path), table_name="t")
     assert reopened.query_encoder.model_name != reopened.document_encoder.model_name  # appends keep the recorded pair
 
@@ -112,7 +116,9 @@ def test_full_tuning_reembeds_the_table_keeping_ids_text_and_metadata(tmp_path, 
     rows = table.to_arrow().to_pylist()
     contents = [pack.get_modules()["retrievers"]["vector"].retrieve(test.queries[test.query_ids[0]])[0].node]
     stored = np.asarray([r["vector"] for r in rows if r["id"] == contents[0].node_id], dtype=np.float32)
-    np.testing.assert_allclose(stored, embed_texts(pack.document_encoder, [contents[0].get_content(metadata_mode=MetadataMode.EMBED)]), atol=1e-5)
+    np.testing.assert_allclose(
+        stored, embed_texts(pack.document_encoder, [contents[0].get_content(metadata_mode=MetadataMode.EMBED)]), atol=1e-5
+    )
     assert any("text" in (idx.columns or []) for idx in table.list_indices())
     names = recorded_encoders(table)
     assert names is not None and names.query_encoder == names.document_encoder == str(result.model_path.resolve())
@@ -134,7 +140,9 @@ def test_bad_tuning_requests_are_refused_before_training(tmp_path, small_nodes, 
 
 def _llamaindex_table(uri, dataset, model_path):
     """A table as a LlamaIndex app writes it: VectorStoreIndex over LanceDBVectorStore."""
-    docs = [Document(text=text, doc_id=doc_id, metadata={"file_name": f"{doc_id}.txt"}) for doc_id, text in dataset.corpus.items()]
+    docs = [
+        Document(text=text, doc_id=doc_id, metadata={"file_name": f"{doc_id}.txt"}) for doc_id, text in dataset.corpus.items()
+    ]
     store = LanceDBVectorStore(uri=uri, table_name="li", mode="overwrite")
     VectorStoreIndex.from_documents(
         docs,

@@ -14,8 +14,19 @@ def _rows(base_hits, tuned_hits, p):
     for model, hits in (("baseline", base_hits), ("tuned", tuned_hits)):
         for qt in TYPES:
             rate = hits / n
-            out.append(EvalResult(model, qt, None, rate, rate * 0.8, (max(0.0, rate - 0.1), min(1.0, rate + 0.1)), n, 1.0,
-                                  p_vs_baseline=p if model == "tuned" else None))
+            out.append(
+                EvalResult(
+                    model,
+                    qt,
+                    None,
+                    rate,
+                    rate * 0.8,
+                    (max(0.0, rate - 0.1), min(1.0, rate + 0.1)),
+                    n,
+                    1.0,
+                    p_vs_baseline=p if model == "tuned" else None,
+                )
+            )
     return out
 
 
