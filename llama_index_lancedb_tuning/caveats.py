@@ -1,11 +1,14 @@
-"""What a report must warn about: too few queries to mean anything, and a training corpus that
-shares nothing with the evaluation corpus. Standard library only; each check returns its warnings."""
+"""What the data can and cannot support: too few queries to mean anything, a training corpus that
+shares nothing with the evaluation corpus (warnings for the report), and data too small to run at all
+(an error). Standard library only, so the CLI checks before torch is imported."""
 
 from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
+from .errors import TuningError
 from .wording import counted
 
 # A hit rate measured on fewer queries than this has a 95% interval wider than ±0.20 near 0.8:
@@ -55,3 +58,25 @@ def corpus_overlap_warnings(training: dict[str, str], evaluation: dict[str, str]
         "the model is tuned on one corpus and scored on another; pass the documents the queries were written from"
     )
     return [message]
+
+
+def check_data_size(dataset: Any, k: int, test_size: float | None) -> None:
+    """Refuse data that cannot support the run at all, naming the one real problem.
+
+    Args:
+        dataset: a `QADataset` (its queries and corpus are counted).
+        k: the hit-rate cut; it must not exceed the corpus.
+        test_size: the fraction held out when a test set is split off, or None when none is.
+    """
+    n = len(dataset)
+    if test_size is not None and math.ceil(test_size * n) >= n:
+        raise TuningError(
+            f"only {counted(n, 'query')}: too few to hold out test queries and train on the rest; add labeled rows "
+            f"(at least {queries_for_half_width(MEANINGFUL_HALF_WIDTH)} test queries make a hit rate worth comparing)"
+        )
+    n_docs = len(dataset.corpus)
+    if k > n_docs:
+        raise TuningError(
+            f"k={k} is larger than the corpus ({counted(n_docs, 'document')}), so hit rate@k would count "
+            f"nearly every query as found; pass --k {n_docs} or less"
+        )

@@ -270,11 +270,14 @@ def _generate(args: argparse.Namespace) -> int:
     config = _run_config(args)  # its chunking and seed
     _check_inputs(args)
     from .documents import load_documents
+    from .models import resolve_model
+
+    documents = load_documents(args.docs)  # document mistakes are reported before torch is imported
+    resolve_model(args.base_model)
     from .llm_pairs import generate_llm_pairs, llm_from_spec
     from .offline_pairs import generate_offline_pairs
     from .pipeline import build_nodes
 
-    documents = load_documents(args.docs)
     nodes = build_nodes(documents, args.base_model, config)
     llm = llm_from_spec(args.llm)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -302,10 +305,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     config = _run_config(args)
     _check_inputs(args)
+    from .caveats import check_data_size
     from .documents import load_documents
     from .labeled_csv import load_dataset
-    from .pipeline import evaluate_model, tune_and_evaluate
+    from .models import resolve_model
 
+    # Data and model-path mistakes are reported before the pipeline (torch, sentence-transformers) is imported.
     if args.command == "run":
         documents = None
         labeled = args.data
@@ -313,6 +318,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             documents, labeled = load_documents(args.data), args.queries
         dataset = load_dataset(labeled, args.query_column, args.context_column)
         eval_dataset = load_dataset(args.eval_data, args.query_column, args.context_column) if args.eval_data else None
+        scored = eval_dataset or dataset
+        check_data_size(scored, config.k, config.test_size if config.pairs == "labeled" and eval_dataset is None else None)
+        resolve_model(config.finetune.base_model)
+        from .pipeline import tune_and_evaluate
+
         report = tune_and_evaluate(
             dataset,
             args.out,
@@ -326,6 +336,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     else:
         dataset = load_dataset(args.data, args.query_column, args.context_column)
+        check_data_size(dataset, config.k, None)
+        resolve_model(args.model)
+        from .pipeline import evaluate_model
+
         report = evaluate_model(dataset, args.model, args.out, config, dataset_path=args.data, force=args.force)
     print(report["table"])
     print(f"\nreport: {args.out}/report.md, report.json, report.png")

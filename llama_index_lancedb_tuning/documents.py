@@ -31,9 +31,6 @@ def load_documents(path: str | Path, recursive: bool = True) -> dict[str, str]:
         path: a document file, or a folder of them.
         recursive: also read the folder's subfolders.
     """
-    from llama_index.core import SimpleDirectoryReader
-    from llama_index.readers.file import PagedCSVReader
-
     path = Path(path)
     if not path.exists():
         raise TuningError(f"{path}: no such file or directory; check the path")
@@ -50,6 +47,10 @@ def load_documents(path: str | Path, recursive: bool = True) -> dict[str, str]:
             raise TuningError(f"{file}: cannot read ({exc.strerror}); check its permissions") from None
         if fake_pdf:
             raise TuningError(f"{file} is not a PDF (it has no %PDF- header); rename it to its real type or remove it")
+    # Imported only now: a wrong path or file is reported before LlamaIndex's readers load (seconds).
+    from llama_index.core import SimpleDirectoryReader
+    from llama_index.readers.file import PagedCSVReader
+
     # Files are listed here, not by the reader's input_dir: the reader skips every path with a hidden
     # part, including the folders above `path` (a documents folder under ~/.data would read as empty).
     reader = SimpleDirectoryReader(

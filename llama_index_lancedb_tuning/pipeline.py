@@ -16,7 +16,7 @@ from pathlib import Path
 
 from llama_index.core.schema import TextNode
 
-from .caveats import MEANINGFUL_HALF_WIDTH, corpus_overlap_warnings, queries_for_half_width, sample_size_warnings
+from .caveats import check_data_size, corpus_overlap_warnings, sample_size_warnings
 from .chunking import chunk_corpus, model_tokenizer
 from .config import ChunkingConfig, RerankerSpec, RunConfig
 from .dataset import QADataset
@@ -114,18 +114,7 @@ def check_settings(dataset: QADataset, model: str | None, config: RunConfig, spl
         config: the run's settings.
         splits: whether a test set is carved from `dataset` with `config.test_size`.
     """
-    n = len(dataset)
-    if splits and math.ceil(config.test_size * n) >= n:
-        raise TuningError(
-            f"only {counted(n, 'query')}: too few to hold out test queries and train on the rest; add labeled rows "
-            f"(at least {queries_for_half_width(MEANINGFUL_HALF_WIDTH)} test queries make a hit rate worth comparing)"
-        )
-    n_docs = len(dataset.corpus)
-    if config.k > n_docs:
-        raise TuningError(
-            f"k={config.k} is larger than the corpus ({counted(n_docs, 'document')}), so hit rate@k would count "
-            f"nearly every query as found; pass --k {n_docs} or less"
-        )
+    check_data_size(dataset, config.k, config.test_size if splits else None)
     resolve_model(model)
     check_backend(config.backend)
     reranker = RerankerSpec.parse(config.reranker)

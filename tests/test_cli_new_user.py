@@ -83,9 +83,20 @@ def test_version_prints_the_package_version(capsys):
         (["run", "{tmp}/missing.csv"], "missing.csv: no such file; check the path"),
         (["evaluate", "{tmp}"], "is a directory; pass a labeled CSV file"),
         (["generate", "{tmp}", "--chunk-overlap", "200"], "--chunk-overlap (200) must be smaller than --chunk-size (128)"),
+        # File and data mistakes too: the data is read and checked before the pipeline is imported.
+        (["run", "{tmp}/wrong_column.csv"], "no column 'query' (columns: question, passage)"),
+        (["run", "{tmp}/one_row.csv"], "only 1 query: too few to hold out test queries"),
+        (["run", "{csv}", "--k", "50"], "is larger than the corpus"),
+        (["run", "{tmp}/report.pdf"], "is a PDF, not a labeled CSV"),
+        (["evaluate", "{csv}", "--model", "{tmp}/no_such_model"], "does not exist; check the path"),
+        (["generate", "{tmp}/fake.pdf"], "is not a PDF (it has no %PDF- header)"),
     ],
 )
 def test_argument_mistakes_answer_in_one_line_before_torch_is_imported(tmp_path, good_csv, argv, expected):
+    (tmp_path / "wrong_column.csv").write_text("question,passage\nwhat?,that\n")
+    write_csv(tmp_path / "one_row.csv", ROWS[:1])
+    (tmp_path / "report.pdf").write_bytes(b"%PDF-1.7\n" + bytes(range(256)))
+    (tmp_path / "fake.pdf").write_text("plain text under a .pdf name")
     argv = [a.format(csv=good_csv, tmp=tmp_path) for a in argv] + ["--out", str(tmp_path / "out")]
     code = (
         "import sys; from llama_index_lancedb_tuning.cli import main; code = main(sys.argv[1:]); "
