@@ -202,7 +202,8 @@ def append_nodes(
 ) -> lancedb.table.Table:
     """Embed and append in batches to `table` (or to the one `create(dim)` makes), then rebuild the FTS index."""
     written = 0
-    with tqdm(total=total, desc="index", unit="node", disable=not show_progress) as bar:
+    # An explicit disable=False would override TQDM_DISABLE (the CLI's --quiet): only ever pass True.
+    with tqdm(total=total, desc="index", unit="node", **({} if show_progress else {"disable": True})) as bar:
         for batch in _batches(nodes, batch_size):
             vectors = embed_texts(embed_model, [n.get_content(metadata_mode=MetadataMode.EMBED) for n in batch])
             if not np.isfinite(vectors).all():
