@@ -1,6 +1,6 @@
 """`lancedb-tune`: run the whole loop, or score one model, from the command line.
 
-Arguments and files are checked here, before torch and sentence-transformers are imported,
+Arguments (here) and files (input_checks) are checked before torch and sentence-transformers are imported,
 so a mistake is answered in a fraction of a second.
 """
 
@@ -18,13 +18,16 @@ from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type
 
 from .config import ChunkingConfig, FinetuneConfig, InvalidSetting, RunConfig, SearchConfig, recommended_finetune
 from .errors import TuningError
+from .input_checks import check_inputs
 from .redaction import RedactSecrets, redact
 from .wording import counted
 
 _EXAMPLES = {
     "run": "example:\n  lancedb-tune run examples/sample_qa.csv --out runs/sample\n"
     "  lancedb-tune run lyft_train.json --eval-data uber_test.json --out runs/lyft_uber\n"
-    "  lancedb-tune run docs/ --queries labels.csv --out runs/docs --pairs offline",
+    "  lancedb-tune run docs/ --queries labels.csv --out runs/docs --pairs offline\n"
+    "  lancedb-tune run examples/sample_qa.csv --tune query --out runs/query\n"
+    "  lancedb-tune run --table ./lancedb --table-name vectors --queries labels.csv --tune query --out runs/app",
     "evaluate": "example:\n  lancedb-tune evaluate examples/sample_qa.csv --model runs/sample/model --out runs/sample-eval",
     "generate": "example:\n  lancedb-tune generate docs/ --out pairs.json --llm offline",
     "download-pack": "example:\n  lancedb-tune download-pack my_pack/",
@@ -119,17 +122,36 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         "baseline -> fine-tune -> index -> evaluate on held-out queries",
         "Score the base model on held-out queries, fine-tune it on the rest (or on pairs generated from documents), "
-        "score the tuned model the same way, and write report.md/json/png. A killed run resumes when rerun.",
+        "score the tuned model the same way, and write report.md/json/png. A killed run resumes when rerun. "
+        "With --table, the corpus is an existing LanceDB table's rows; that table is never modified: --tune query "
+        "only reads it, --tune full writes the re-embedded copy into OUT/lancedb.",
     )
-    run.add_argument("data", help="labeled CSV (query and context columns), QA dataset JSON, or documents with --queries")
+    run.add_argument(
+        "data",
+        nargs="?",
+        default=None,
+        help="labeled CSV (query and context columns), QA dataset JSON, or documents with --queries; none with --table",
+    )
+    run.add_argument(
+        "--table",
+        default=None,
+        metavar="URI",
+        help="an existing LanceDB (directory, s3://, gs://) whose table --table-name is the corpus to tune, as this "
+        "package or LlamaIndex's LanceDBVectorStore wrote it; --queries labels it by document id. Never modified: "
+        "query tuning only reads it, full tuning writes the re-embedded copy into OUT/lancedb (default: none)",
+    )
+    run.add_argument("--table-name", default=None, metavar="NAME", help="the table at --table to tune (default: none)")
     _add_common(run)
-    _add_fields(run, RunConfig, ["test_size", "seed", "pairs", "llm"])
+    _add_fields(run, RunConfig, ["test_size", "seed", "pairs", "llm", "tune"])
     _add_fields(run, FinetuneConfig, recipe=True)
     run.add_argument(
         "--no-resume", action="store_true", help="do not continue from checkpoints left by a killed run (default: off)"
     )
     run.add_argument(
-        "--queries", default=None, help="labeled CSV to evaluate on when DATA is a documents directory or file (default: none)"
+        "--queries",
+        default=None,
+        help="labeled CSV to evaluate on when DATA is a documents directory or file; with --table, labeled queries "
+        "split into training and held-out ones, or with --pairs offline|llm all scored (default: none)",
     )
     run.add_argument(
         "--eval-data",
@@ -196,7 +218,9 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     try:
         values = _config_values(args, RunConfig)
         if args.command == "run":
-            values["pairs"] = args.pairs or ("llm" if args.llm else "offline" if args.queries else "labeled")
+            # Beside documents, --queries only scores; an existing table's labeled queries train as well.
+            queries_score_only = args.queries and not args.table
+            values["pairs"] = args.pairs or ("llm" if args.llm else "offline" if queries_score_only else "labeled")
             tuning = replace(
                 recommended_finetune(values["pairs"]), **_config_values(args, FinetuneConfig), show_progress=not args.quiet
             )
@@ -206,69 +230,9 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         raise exc.worded(_flag_of) from None
 
 
-def _check_labeled_file(path: str, command: str, flag: str = "") -> None:
-    """A readable labeled CSV or JSON file, checked before the loaders (and torch) are imported.
-
-    `flag`: the option that named the file, to start the message with.
-    """
-    target, named = Path(path), f"{flag} {path}".lstrip()
-    if target.is_dir():
-        if command == "run":
-            raise TuningError(f"{named} is a documents directory; pass a labeled CSV to evaluate on with --queries")
-        raise TuningError(f"{named} is a directory; pass a labeled CSV file")
-    if not target.exists():
-        raise TuningError(f"{named}: no such file; check the path")
-    try:
-        target.open("rb").close()
-    except OSError as exc:
-        raise TuningError(f"{named}: cannot read ({exc.strerror}); check its permissions") from None
-
-
-def _check_writable_file(path: str) -> None:
-    """`path` can be written: not a directory, its nearest existing folder takes a new file."""
-    import tempfile
-
-    target = Path(path)
-    if target.is_dir():
-        raise TuningError(f"--out {path} is a directory; pass the JSON file to write")
-    folder = target.parent
-    while not folder.exists():
-        folder = folder.parent
-    try:
-        if not folder.is_dir():
-            raise NotADirectoryError(20, "not a directory")
-        tempfile.TemporaryFile(dir=folder).close()  # the one sure test: permissions, read-only mounts, quotas
-    except OSError as exc:
-        raise TuningError(f"cannot write --out {path}: {folder} ({exc.strerror}); choose another --out") from None
-
-
-def _check_inputs(args: argparse.Namespace) -> None:
-    """Files the command reads or writes, before anything heavy is imported."""
-    if args.command == "generate":
-        if not Path(args.docs).exists():
-            raise TuningError(f"{args.docs}: no such file or directory; check the path")
-        _check_writable_file(args.out)
-        return
-    if args.command == "run" and args.eval_data:
-        if args.queries:
-            raise TuningError("--queries and --eval-data both name the queries to score on; pass one of them")
-        if args.test_size is not None:
-            raise TuningError("--test-size splits DATA, but --eval-data scores on another file; drop one of them")
-        _check_labeled_file(args.data, args.command)
-        _check_labeled_file(args.eval_data, "evaluate", "--eval-data")
-    elif args.command == "run" and args.queries:
-        if not Path(args.data).exists():
-            raise TuningError(f"{args.data}: no such file or directory; check the path")
-        _check_labeled_file(args.queries, "evaluate")
-    else:
-        _check_labeled_file(args.data, args.command)
-    if Path(args.out).is_file():
-        raise TuningError(f"--out {args.out} is a file; pass a directory for the report")
-
-
 def _generate(args: argparse.Namespace) -> int:
     config = _run_config(args)  # its chunking and seed
-    _check_inputs(args)
+    check_inputs(args)
     from .documents import load_documents
     from .models import resolve_model
 
@@ -304,7 +268,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         return 0
     config = _run_config(args)
-    _check_inputs(args)
+    check_inputs(args)
     from .caveats import check_data_size
     from .documents import load_documents
     from .labeled_csv import load_dataset
@@ -312,9 +276,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     # Data and model-path mistakes are reported before the pipeline (torch, sentence-transformers) is imported.
     if args.command == "run":
-        documents = None
+        documents, source_table = None, None
         labeled = args.data
-        if args.queries:
+        if args.table:
+            from .store import connect, open_table
+
+            source_table, labeled = open_table(connect(args.table), args.table_name), args.queries
+        elif args.queries:
             documents, labeled = load_documents(args.data), args.queries
         dataset = load_dataset(labeled, args.query_column, args.context_column)
         eval_dataset = load_dataset(args.eval_data, args.query_column, args.context_column) if args.eval_data else None
@@ -333,6 +301,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
             eval_dataset=eval_dataset,
             eval_path=args.eval_data or "",
+            source_table=source_table,
         )
     else:
         dataset = load_dataset(args.data, args.query_column, args.context_column)

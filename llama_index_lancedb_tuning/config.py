@@ -19,6 +19,7 @@ from .errors import TuningError
 LossName = Literal["mnrl", "cached_mnrl", "gist"]
 PositiveChoice = Literal["best", "all"]
 PairsSource = Literal["labeled", "offline", "llm"]
+TuneMode = Literal["query", "full"]
 Backend = Literal["torch", "onnx", "onnx-int8"]
 HybridFusion = Literal["rrf", "linear"]
 RerankerKind = Literal["fusion", "cohere", "cross-encoder"]
@@ -256,6 +257,14 @@ class RunConfig(SearchConfig, ChunkingConfig):
         },
     )
     llm: str | None = field(default=None, metadata={"help": "openai:MODEL or ollama:MODEL, for --pairs llm", "flag": "--llm"})
+    tune: TuneMode = field(
+        default="full",
+        metadata={
+            "help": "full: tune both sides and re-embed the corpus into a tuned table; query: tune the query encoder only, "
+            "against the baseline table's stored vectors, which are scored as they are (nothing re-embedded)",
+            "flag": "--tune",
+        },
+    )
     # Annotated as always present: None is only an input, replaced at construction.
     finetune: FinetuneConfig = field(default=None, metadata={"help": "fine-tuning settings (None: recommended_finetune(pairs))"})  # type: ignore[assignment]
 

@@ -17,7 +17,7 @@ from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.schema import BaseNode, Document, NodeWithScore
 
 from .chunking import chunk_corpus, token_counter
-from .config import QUERY_TYPES, ChunkingConfig, SearchConfig
+from .config import QUERY_TYPES, ChunkingConfig, SearchConfig, TuneMode
 from .dataset import QADataset
 from .encoding import load_embed_model
 from .errors import TuningError
@@ -25,7 +25,7 @@ from .index import LanceDBIndex
 from .metrics import EvalResult
 from .rerank import hybrid_reranker, node_reranker, reranker_name
 from .store import DEFAULT_TABLE, DEFAULT_URI, TableMode
-from .table_tuning import TuneMode, tune_index
+from .table_tuning import tune_index
 
 if TYPE_CHECKING:
     from .finetune import FinetuneResult

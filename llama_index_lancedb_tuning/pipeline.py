@@ -6,15 +6,16 @@ where it stopped; a directory holding a finished report is refused unless forced
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from llama_index.core.schema import TextNode
+from llama_index.core.schema import BaseNode, TextNode
 
 from .caveats import check_data_size, corpus_overlap_warnings, sample_size_warnings
 from .chunking import chunk_corpus, model_tokenizer
@@ -25,13 +26,25 @@ from .errors import TuningError
 from .evaluate import evaluate_retrievers
 from .finetune import EmbeddingFinetuner
 from .index import LanceDBIndex
-from .jsonfile import read_json, write_json
+from .jsonfile import read_json
 from .metrics import EvalResult, with_significance
 from .models import DEFAULT_MODEL, resolve_model
-from .report import comparison_plot, comparison_table
 from .rerank import hybrid_reranker, node_reranker, reranker_name
-from .run_directory import claim_tables, locked_output, prepare_output
+from .run_directory import (
+    cached_results,
+    claim_tables,
+    locked_output,
+    prepare_output,
+    run_settings,
+    save_results,
+    write_report,
+)
+from .source_table import SourceTable
+from .store import connect, open_table, table_nodes
 from .wording import counted
+
+if TYPE_CHECKING:
+    import lancedb
 
 logger = logging.getLogger(__name__)
 
@@ -46,24 +59,32 @@ def build_nodes(corpus: dict[str, str], model: str | None, config: ChunkingConfi
 def score_model(
     model: str | None,
     label: str,
-    nodes: list[TextNode],
+    nodes: Sequence[BaseNode],
     test: QADataset,
     uri: str,
     table_name: str,
     config: RunConfig,
     timings: dict[str, float],
+    timing_key: str = "index",
 ) -> list[EvalResult]:
     """Index `nodes` with `model` into a fresh table and score the five query types on `test`.
 
-    Adds the seconds spent to `timings["index"]` and `timings["evaluate"]`.
+    Adds the seconds spent to `timings[timing_key]` and `timings["evaluate"]`.
     """
     t = time.perf_counter()
     index = LanceDBIndex.build(
         nodes, load_embed_model(model, backend=config.backend), uri=uri, table_name=table_name, mode="overwrite"
     )
-    timings["index"] = round(timings.get("index", 0.0) + time.perf_counter() - t, 2)
+    timings[timing_key] = round(timings.get(timing_key, 0.0) + time.perf_counter() - t, 2)
+    return score_index(index, label, test, config, timings)
+
+
+def score_index(
+    index: LanceDBIndex, label: str, test: QADataset, config: RunConfig, timings: dict[str, float]
+) -> list[EvalResult]:
+    """Score the five query types of `index` on `test` (queries by its query encoder); adds to `timings["evaluate"]`."""
     t = time.perf_counter()
-    reranker = node_reranker(config.reranker, config.k, index.embed_model, index.table)
+    reranker = node_reranker(config.reranker, config.k, index.embedding, index.table)
     retrievers = index.retrievers(
         config.k, reranker, hybrid_reranker(config.hybrid, config.rrf_k), config.overfetch, config.hybrid_overfetch
     )
@@ -74,35 +95,6 @@ def score_model(
     results = evaluate_retrievers(retrievers, test, config.k, label, names)
     timings["evaluate"] = round(timings.get("evaluate", 0.0) + time.perf_counter() - t, 2)
     return results
-
-
-def _cached_results(path: Path) -> list[EvalResult] | None:
-    if not path.exists():
-        return None
-    rows = json.loads(path.read_text())
-    return [EvalResult(**{**r, "ci95": tuple(r["ci95"])}) for r in rows]
-
-
-def _save_results(path: Path, results: list[EvalResult]) -> None:
-    write_json(path, [{**r.to_dict(), "per_query": r.per_query} for r in results])
-
-
-def run_settings(
-    dataset: QADataset,
-    config: RunConfig,
-    documents: dict[str, str] | None,
-    split: tuple[QADataset, QADataset] | None = None,
-    eval_dataset: QADataset | None = None,
-) -> dict:
-    """What a resumed run must share with the killed one: a digest of the data and the config."""
-    cfg = asdict(config)
-    cfg["finetune"].pop("show_progress", None)
-    folds = [part.query_ids for part in split] if split else None
-    parts = [dataset.to_dict(), documents, folds]
-    if eval_dataset is not None:  # appended only when given, so runs without eval data keep the digest they had
-        parts.append(eval_dataset.to_dict())
-    data = json.dumps(parts, sort_keys=True, ensure_ascii=False)
-    return json.loads(json.dumps({"data_sha1": hashlib.sha1(data.encode("utf-8")).hexdigest(), "config": cfg}, default=str))
 
 
 def check_settings(dataset: QADataset, model: str | None, config: RunConfig, splits: bool = False) -> None:
@@ -130,29 +122,6 @@ def shared_query_count(train: QADataset, test: QADataset) -> int:
     return sum(" ".join(text.split()) in seen for text in test.queries.values())
 
 
-def _data_line(data: dict) -> str:
-    """Which data trained the model and which scored it, for report.md; empty for a run that trained nothing."""
-    if not data["n_train_queries"]:
-        return ""
-    trained = counted(data["n_train_queries"], "training query" if data["pairs"] == "labeled" else "generated pair")
-    scored = f"`{data['eval_path']}`" if data.get("eval_path") is not None else "held-out queries of the same data"
-    return f"trained on `{data['path']}` ({trained}) · scored on {scored} ({counted(data['n_test_queries'], 'query')})\n\n"
-
-
-def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> str:
-    table = comparison_table(results, k)
-    comparison_plot(results, out / "report.png", k)
-    warnings = "".join(f"> **Warning:** {w}\n\n" for w in report.get("warnings", []))
-    (out / "report.md").write_text(
-        f"# Retrieval before and after fine-tuning\n\nbase model: `{report['base_model']}` · tuned model: "
-        f"`{report['tuned_model']}` · {counted(report['dataset']['n_test_queries'], 'held-out query')} · k={k}\n\n"
-        f"{_data_line(report['dataset'])}{warnings}{table}\n"
-    )
-    # report.json last: its presence marks the run finished.
-    write_json(out / "report.json", report, indent=2)
-    return table
-
-
 def _warn(messages: list[str]) -> list[str]:
     for message in messages:
         logger.warning(message)
@@ -166,13 +135,15 @@ def training_data(
     documents: dict[str, str] | None,
     split: tuple[QADataset, QADataset] | None = None,
     eval_dataset: QADataset | None = None,
+    corpus_nodes: list[BaseNode] | None = None,
 ) -> tuple[QADataset, QADataset, bool]:
     """(train, test, train_is_node_level) for the configured source of training pairs.
 
     `labeled`: a seeded split of `dataset` by query, or all of it when `eval_dataset` holds the
     test queries. `offline`/`llm`: pairs generated from `documents` (default: the dataset's own
     corpus), saved to `out/pairs.json` as they are made; none of the dataset's queries is trained
-    on, so all are test queries, unless `eval_dataset` holds them.
+    on, so all are test queries, unless `eval_dataset` holds them. `corpus_nodes`: the nodes to
+    generate pairs from instead of chunking the documents (an existing table's rows).
     """
     if config.pairs == "labeled":
         if documents is not None:
@@ -188,7 +159,7 @@ def training_data(
     pairs_path = out / "pairs.json"
     if pairs_path.exists():
         return QADataset.from_json(pairs_path), test, True
-    nodes = build_nodes(documents or dataset.corpus, config.finetune.base_model, config)
+    nodes = corpus_nodes or build_nodes(documents or dataset.corpus, config.finetune.base_model, config)
     llm = llm_from_spec(config.llm or "offline") if config.pairs == "llm" else None
     if llm is None:
         train = generate_offline_pairs(nodes, seed=config.seed)
@@ -209,6 +180,7 @@ def tune_and_evaluate(
     split: tuple[QADataset, QADataset] | None = None,
     eval_dataset: QADataset | None = None,
     eval_path: str = "",
+    source_table: lancedb.table.Table | None = None,
 ) -> dict:
     """Baseline vs tuned on held-out queries; writes report.md/json/png and model/ under `out`.
 
@@ -217,7 +189,9 @@ def tune_and_evaluate(
             `eval_dataset` holds them: then all of it trains (its validation queries carved as usual).
         out: the run directory; locked while the run lasts, resumed if a killed run left it.
         config: the run's settings (default: the recommended recipe); `config.pairs` says
-            where training pairs come from (see `training_data`).
+            where training pairs come from (see `training_data`), `config.tune` whether both
+            sides are tuned and the corpus re-embedded (`full`) or only the query encoder,
+            against the baseline table's stored vectors (`query`).
         documents: doc id -> text to tune on instead of the dataset's corpus.
         dataset_path: where `dataset` was read from, for the report.
         force: redo a directory that holds a finished report or another run's stages.
@@ -226,9 +200,14 @@ def tune_and_evaluate(
         eval_dataset: labeled queries to score on instead of a split of `dataset`, with their own
             corpus, which the baseline and tuned tables index; none may be a training query.
         eval_path: where `eval_dataset` was read from, for the report.
+        source_table: an existing table whose rows are the corpus instead of the dataset's
+            (relevance by document id); it is only read: the baseline is a copy of its rows in
+            `out/lancedb`, and `full` writes the re-embedded copy there too.
     """
     config = config or RunConfig()
     out = Path(out)
+    if source_table is not None and (documents is not None or eval_dataset is not None):
+        raise TuningError("an existing table is the corpus; pass neither documents nor eval data with it")
     if eval_dataset is not None:
         if split is not None:
             raise TuningError("split and eval_dataset both name the test queries; pass one of them")
@@ -241,11 +220,21 @@ def tune_and_evaluate(
     scored = dataset if eval_dataset is None else eval_dataset
     splits = config.pairs == "labeled" and split is None and eval_dataset is None
     check_settings(scored, config.finetune.base_model, config, splits=splits)
+    source = None if source_table is None else SourceTable.read(source_table)
+    if source is not None:
+        source.check_labels(dataset)
     with locked_output(out):
-        prepare_output(out, force, run_settings(dataset, config, documents, split, eval_dataset))
+        prepare_output(out, force, run_settings(dataset, config, documents, split, eval_dataset, source))
         uri = claim_tables(out, ["baseline", "tuned"])
         paths = (dataset_path, None if eval_dataset is None else eval_path)
-        return _tune_and_evaluate(dataset, eval_dataset, out, uri, config, documents, paths, resume, split)
+        return _tune_and_evaluate(dataset, eval_dataset, out, uri, config, documents, paths, resume, split, source)
+
+
+def _baseline_index(uri: str, config: RunConfig) -> LanceDBIndex:
+    """The baseline table a finished baseline stage left, with the base model."""
+    return LanceDBIndex(
+        open_table(connect(uri), "baseline"), load_embed_model(config.finetune.base_model, backend=config.backend)
+    )
 
 
 def _tune_and_evaluate(
@@ -258,9 +247,11 @@ def _tune_and_evaluate(
     paths: tuple[str, str | None],
     resume: bool,
     split: tuple[QADataset, QADataset] | None,
+    source: SourceTable | None,
 ) -> dict:
     t0 = time.perf_counter()
-    train, test, node_level = training_data(dataset, out, config, documents, split, eval_dataset)
+    corpus_nodes = None if source is None else source.nodes
+    train, test, node_level = training_data(dataset, out, config, documents, split, eval_dataset, corpus_nodes)
     shared = shared_query_count(train, test)
     if shared:
         raise TuningError(f"{shared} test queries also appear among training queries; remove them from the training data")
@@ -271,24 +262,47 @@ def _tune_and_evaluate(
     warnings = _warn(sample_size_warnings(len(test), n_val) + mismatch)
     base = tuning.base_model
     scored_corpus = dataset.corpus if eval_dataset is None else eval_dataset.corpus
-    nodes = build_nodes(scored_corpus, base, config)
+    nodes = build_nodes(scored_corpus, base, config) if source is None else source.nodes
     train_nodes = None  # generated pairs already point at passages
     if not node_level:  # labeled pairs point at whole training documents: the finetuner picks positives among their nodes
         train_nodes = nodes if eval_dataset is None else build_nodes(dataset.corpus, base, config)
     timings: dict[str, float] = {}
 
-    baseline = _cached_results(out / "baseline_results.json")
+    baseline = cached_results(out / "baseline_results.json")
     if baseline is None:
-        baseline = score_model(base, "baseline", nodes, test, uri, "baseline", config, timings)
-        _save_results(out / "baseline_results.json", baseline)
+        if source is None:
+            baseline = score_model(base, "baseline", nodes, test, uri, "baseline", config, timings)
+        else:
+            t = time.perf_counter()
+            copy = source.copy_to(uri, "baseline", load_embed_model(base, backend=config.backend))
+            timings["index"] = round(time.perf_counter() - t, 2)
+            baseline = score_index(copy, "baseline", test, config, timings)
+        save_results(out / "baseline_results.json", baseline)
 
     model_dir = out / "model"
     t = time.perf_counter()
     if read_json(model_dir / "metrics.json") is None:  # absent, or torn by a kill mid-write
-        EmbeddingFinetuner(tuning).fit(train, model_dir, train_nodes, resume=resume)
+        if config.tune == "full":
+            EmbeddingFinetuner(tuning).fit(train, model_dir, train_nodes, resume=resume)  # type: ignore[arg-type]
+        else:
+            # Positives are the baseline table's own rows, so the frozen passages are its stored vectors;
+            # generated pairs and another corpus's documents are not rows of it: the base model encodes them.
+            stored = None
+            if train_nodes is nodes:
+                stored = {n.node_id: n.embedding for n in table_nodes(_baseline_index(uri, config).table)}
+            query_side = replace(tuning, freeze_passages=True)
+            EmbeddingFinetuner(query_side).fit(train, model_dir, train_nodes, resume=resume, stored_vectors=stored)  # type: ignore[arg-type]
     timings["finetune"] = round(time.perf_counter() - t, 2)
 
-    tuned = score_model(str(model_dir), "tuned", nodes, test, uri, "tuned", config, timings)
+    if config.tune == "full":
+        tuned = score_model(str(model_dir), "tuned", nodes, test, uri, "tuned", config, timings, timing_key="reembed")
+    else:  # the tuned query encoder searches the baseline table's vectors as they are
+        timings["reembed"] = 0.0
+        baseline_index = _baseline_index(uri, config)
+        query_encoder = load_embed_model(str(model_dir), backend=config.backend)
+        tuned = score_index(
+            LanceDBIndex(baseline_index.table, baseline_index.embed_model, query_encoder), "tuned", test, config, timings
+        )
     with_significance(baseline, tuned)
     timings["total"] = round(time.perf_counter() - t0, 2)
 
@@ -297,10 +311,12 @@ def _tune_and_evaluate(
         "k": config.k,
         "base_model": base or DEFAULT_MODEL,
         "tuned_model": str(model_dir),
+        "tune": config.tune,
         "dataset": {
             "path": paths[0],
             "eval_path": paths[1],
-            "n_corpus": len(scored_corpus),
+            "table": None if source is None else {"uri": source.identity()["uri"], "name": source.table.name},
+            "n_corpus": len(scored_corpus) if source is None else len(source.sources()),
             "n_nodes": len(nodes),
             "n_train_queries": len(train),
             "n_test_queries": len(test),

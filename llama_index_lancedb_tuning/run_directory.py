@@ -1,20 +1,32 @@
 """The run directory's bookkeeping: one run at a time holds its lock, a finished report is
 never overwritten unless forced, an unfinished one resumes only with the same settings, and the
-LanceDB tables it writes are claimed before they are created.
+LanceDB tables it writes are claimed before they are created. Finished stages leave their
+results here to be reused by a resumed run, and the report, written last, marks the run finished.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
+from .config import RunConfig
+from .dataset import QADataset
 from .errors import TuningError
 from .jsonfile import read_json, write_json
+from .metrics import EvalResult
+from .report import comparison_plot, comparison_table
+from .wording import counted
+
+if TYPE_CHECKING:
+    from .source_table import SourceTable
 
 
 def claim_tables(out: Path, table_names: list[str]) -> str:
@@ -88,3 +100,60 @@ def prepare_output(out: Path, force: bool, settings: dict | None = None) -> None
     out.mkdir(parents=True, exist_ok=True)
     if settings is not None and not settings_path.exists():
         write_json(settings_path, settings, indent=2)  # cached stages below are only reused for these settings
+
+
+def cached_results(path: Path) -> list[EvalResult] | None:
+    """A finished stage's results, or None when the stage has not finished."""
+    if not path.exists():
+        return None
+    rows = json.loads(path.read_text())
+    return [EvalResult(**{**r, "ci95": tuple(r["ci95"])}) for r in rows]
+
+
+def save_results(path: Path, results: list[EvalResult]) -> None:
+    write_json(path, [{**r.to_dict(), "per_query": r.per_query} for r in results])
+
+
+def run_settings(
+    dataset: QADataset,
+    config: RunConfig,
+    documents: dict[str, str] | None,
+    split: tuple[QADataset, QADataset] | None = None,
+    eval_dataset: QADataset | None = None,
+    source: SourceTable | None = None,
+) -> dict:
+    """What a resumed run must share with the killed one: a digest of the data and the config."""
+    cfg = asdict(config)
+    cfg["finetune"].pop("show_progress", None)
+    folds = [part.query_ids for part in split] if split else None
+    parts = [dataset.to_dict(), documents, folds]
+    if eval_dataset is not None:  # appended only when given, so runs without eval data keep the digest they had
+        parts.append(eval_dataset.to_dict())
+    if source is not None:  # likewise: the table's identity, for runs over an existing table only
+        parts.append(source.identity())
+    data = json.dumps(parts, sort_keys=True, ensure_ascii=False)
+    return json.loads(json.dumps({"data_sha1": hashlib.sha1(data.encode("utf-8")).hexdigest(), "config": cfg}, default=str))
+
+
+def _data_line(data: dict) -> str:
+    """Which data trained the model and which scored it, for report.md; empty for a run that trained nothing."""
+    if not data["n_train_queries"]:
+        return ""
+    trained = counted(data["n_train_queries"], "training query" if data["pairs"] == "labeled" else "generated pair")
+    scored = f"`{data['eval_path']}`" if data.get("eval_path") is not None else "held-out queries of the same data"
+    return f"trained on `{data['path']}` ({trained}) · scored on {scored} ({counted(data['n_test_queries'], 'query')})\n\n"
+
+
+def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> str:
+    """report.md and report.png, then report.json; returns the comparison table."""
+    table = comparison_table(results, k)
+    comparison_plot(results, out / "report.png", k)
+    warnings = "".join(f"> **Warning:** {w}\n\n" for w in report.get("warnings", []))
+    (out / "report.md").write_text(
+        f"# Retrieval before and after fine-tuning\n\nbase model: `{report['base_model']}` · tuned model: "
+        f"`{report['tuned_model']}` · {counted(report['dataset']['n_test_queries'], 'held-out query')} · k={k}\n\n"
+        f"{_data_line(report['dataset'])}{warnings}{table}\n"
+    )
+    # report.json last: its presence marks the run finished.
+    write_json(out / "report.json", report, indent=2)
+    return table

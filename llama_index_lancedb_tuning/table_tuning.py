@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
-from .config import FinetuneConfig
+from .config import FinetuneConfig, TuneMode
 from .dataset import QADataset
 from .encoders import EncoderNames, encoder_name, record_encoders
 from .encoding import load_embed_model
@@ -23,7 +23,6 @@ from .store import rewrite_vectors, table_nodes
 if TYPE_CHECKING:
     from .finetune import FinetuneResult
 
-TuneMode = Literal["query", "full"]
 TUNE_MODES: tuple[str, ...] = get_args(TuneMode)
 # Set by the recipe itself: an override would contradict the mode or the table's model.
 _RECIPE_FIELDS = ("freeze_passages",)
