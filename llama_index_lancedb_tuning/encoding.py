@@ -6,8 +6,8 @@ replicas, each encoding whole batches, than as one model whose every matrix prod
 across threads: batches of 16 short texts are too small for intra-op threading to pay off.
 On 2 cores, 2 replicas encode about 13% faster than one 2-thread model, in torch and in ONNX
 Runtime alike (BENCHMARKS.md). Replicas share nothing mutable (each has its own tokenizer,
-whose Rust state is not safe to drive from two threads), are made once per model and kept
-while the model lives.
+whose Rust state is not safe to drive from two threads), are made once per model and kept by
+the embedding object itself (`ReplicaPool`), so they live and go with it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import importlib.util
 import os
 import queue
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -26,6 +25,7 @@ from typing import Any, get_args
 
 import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
 from .config import Backend
@@ -70,7 +70,7 @@ def load_embed_model(
         return OnnxEmbedding(name, int8=backend == "onnx-int8", embed_batch_size=embed_batch_size)
     try:
         with transformers_bars_off():
-            return HuggingFaceEmbedding(model_name=name, embed_batch_size=embed_batch_size)
+            return HuggingFaceEncoder(model_name=name, embed_batch_size=embed_batch_size)
     except Exception as exc:  # hub/transformers raise many types for "not found / offline"
         raise TuningError(
             f"cannot load embedding model '{model}': {type(exc).__name__}; pass a local model directory or a reachable hub id"
@@ -83,24 +83,29 @@ def cpu_budget() -> int:
 
 
 @dataclass
-class _Runtime:
-    """What the parallel path needs from a model it can drive directly."""
+class ReplicaPool:
+    """The single-threaded copies of one model that encode long lists in parallel, made once and kept
+    by the embedding that owns them."""
 
-    owner: Any  # the runtime object replicas are cached against (weakly)
-    encode: Callable[[list[str], int], np.ndarray]  # every text, in batches of the given size
-    replicate: Callable[[int], BatchEncoder] | None  # makes a single-batch encoder at this many threads; None: no replicas (GPU)
-    threads: Callable[[int], Any]  # a context manager running the replicas at this many threads each (ONNX: set per session)
-
-
-@dataclass
-class _Replicas:
     encoders: list[BatchEncoder] = field(default_factory=list)
     # One parallel encode per model at a time: two would share the replicas' tokenizers (and the cores).
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-_replicas: weakref.WeakKeyDictionary[Any, _Replicas] = weakref.WeakKeyDictionary()
-_replicas_lock = threading.Lock()
+class HuggingFaceEncoder(HuggingFaceEmbedding):
+    """`HuggingFaceEmbedding` that keeps its own `ReplicaPool` for `embed_texts` (what `load_embed_model` makes)."""
+
+    _replicas: ReplicaPool = PrivateAttr(default_factory=ReplicaPool)
+
+
+@dataclass
+class _Runtime:
+    """What the parallel path needs from a model it can drive directly."""
+
+    pool: ReplicaPool | None  # where its replicas are kept; None: it has none, so it encodes alone
+    encode: Callable[[list[str], int], np.ndarray]  # every text, in batches of the given size
+    replicate: Callable[[int], BatchEncoder] | None  # makes a single-batch encoder at this many threads; None: no replicas (GPU)
+    threads: Callable[[int], Any]  # a context manager running the replicas at this many threads each (ONNX: set per session)
 
 
 @contextmanager
@@ -121,7 +126,7 @@ def _runtime(embed_model: BaseEmbedding) -> _Runtime | None:
 
     if isinstance(embed_model, OnnxEmbedding):
         return _Runtime(
-            embed_model.session,
+            embed_model.replica_pool,
             lambda texts, _: embed_model.encode(texts),
             lambda threads: embed_model.replica(threads).encode,
             lambda _: nullcontext(),
@@ -141,17 +146,16 @@ def _runtime(embed_model: BaseEmbedding) -> _Runtime | None:
             )
 
         on_cpu = st_model.device.type == "cpu"  # a GPU model batches on its own; copies would only share it
-        return _Runtime(st_model, encode, replicate if on_cpu else None, _torch_threads)
+        pool = embed_model._replicas if isinstance(embed_model, HuggingFaceEncoder) else None
+        return _Runtime(pool, encode, replicate if on_cpu and pool is not None else None, _torch_threads)
     return None
 
 
 def _parallel_encode(runtime: _Runtime, texts: list[str], batch_size: int, workers: int) -> np.ndarray:
-    replicate = runtime.replicate
-    assert replicate is not None, "only runtimes that can be replicated encode in parallel"
+    replicate, replicas = runtime.replicate, runtime.pool
+    assert replicate is not None and replicas is not None, "only runtimes that keep replicas encode in parallel"
     threads = max(1, cpu_budget() // workers)
     batches = longest_first_batches(texts, batch_size)
-    with _replicas_lock:
-        replicas = _replicas.setdefault(runtime.owner, _Replicas())
     with replicas.lock:
         replicas.encoders.extend(replicate(threads) for _ in range(workers - len(replicas.encoders)))
         free: queue.SimpleQueue[BatchEncoder] = queue.SimpleQueue()

@@ -22,7 +22,7 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
-from .encoding import longest_first_batches
+from .encoding import ReplicaPool, longest_first_batches
 from .errors import TuningError
 from .models import resolve_model
 
@@ -127,6 +127,7 @@ class OnnxEmbedding(BaseEmbedding):
     _session: Any = PrivateAttr()
     _tokenizer: Any = PrivateAttr()
     _cache_dir: str | Path | None = PrivateAttr()
+    _replicas: ReplicaPool = PrivateAttr(default_factory=ReplicaPool)
 
     def __init__(
         self,
@@ -160,8 +161,9 @@ class OnnxEmbedding(BaseEmbedding):
         return "OnnxEmbedding"
 
     @property
-    def session(self) -> Any:
-        return self._session
+    def replica_pool(self) -> ReplicaPool:
+        """The parallel copies `embed_texts` keeps for this encoder."""
+        return self._replicas
 
     def replica(self, threads: int) -> OnnxEmbedding:
         """The same encoder with its own session (at `threads` threads) and tokenizer, for a parallel worker."""

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from llama_index.core.embeddings import MockEmbedding
 
-from llama_index_lancedb_tuning.encoding import MAX_ENCODE_WORKERS, _replicas, cpu_budget, embed_texts, encode_workers
+from llama_index_lancedb_tuning.encoding import MAX_ENCODE_WORKERS, cpu_budget, embed_texts, encode_workers
 
 
 def test_replicas_give_the_single_models_vectors_in_input_order(embed_model, small_nodes):
@@ -24,9 +24,9 @@ def test_replicas_give_the_single_models_vectors_in_input_order(embed_model, sma
 def test_replicas_are_made_once_per_model_and_kept(embed_model, small_nodes):
     texts = [n.text for n in small_nodes[:64]]
     embed_texts(embed_model, texts, workers=2)
-    made = list(_replicas[embed_model._model].encoders)
+    made = list(embed_model._replicas.encoders)  # kept by the embedding itself, not in a module-level registry
     embed_texts(embed_model, texts, workers=2)
-    assert _replicas[embed_model._model].encoders == made and len(made) == 2
+    assert embed_model._replicas.encoders == made and len(made) == 2
 
 
 def test_worker_count_follows_list_length_and_cores():

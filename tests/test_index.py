@@ -106,7 +106,7 @@ def test_shared_search_serves_every_query_type_with_lancedb_own_results(built, s
 
 
 def test_evaluation_shares_searches_without_any_global_state(built, small_dataset):
-    from llama_index_lancedb_tuning import evaluate_retriever, evaluate_retrievers, shared_search, store
+    from llama_index_lancedb_tuning import evaluate_retriever, evaluate_retrievers
 
     index, _ = built
     reranker = node_reranker("fusion", 5, index.embed_model, index.table)
@@ -116,10 +116,22 @@ def test_evaluation_shares_searches_without_any_global_state(built, small_datase
         alone = evaluate_retriever(retrievers[row.query_type], small_dataset, 5, query_type=row.query_type)
         assert row.per_query == alone.per_query, row.query_type
         assert row.latency_ms > 0, row.query_type  # a shared search's cost is counted, not hidden
-    for module in (shared_search, store):
-        assert not [
-            name for name, value in vars(module).items() if isinstance(value, (dict, list, set)) and not name.startswith("__")
+    import importlib
+    import pkgutil
+    import weakref
+
+    import llama_index_lancedb_tuning as package
+
+    containers = (dict, list, set, weakref.WeakKeyDictionary, weakref.WeakValueDictionary)
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        # Module-level containers are constant lookup tables (UPPER_CASE), never state one caller leaves for another.
+        state = [
+            n
+            for n, value in vars(module).items()
+            if isinstance(value, containers) and not (n.lstrip("_").isupper() or n.startswith("__"))
         ]
+        assert not state, (info.name, state)
 
 
 def test_hybrid_fuses_deeper_legs_then_cuts_to_k(built, small_dataset):
