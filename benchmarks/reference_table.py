@@ -2,6 +2,7 @@
 
     python benchmarks/reference_table.py --out out/ref            # seeded 80/20 split (44 test queries)
     python benchmarks/reference_table.py --out out/cv --folds 5   # 5-fold CV by query: every query tested once
+    python benchmarks/reference_table.py --out out/cv_query --folds 5 --tune query   # the query-side recipe
 
 Uses only the package's public API. A finished fold directory is reused, so a killed run
 resumes. Prints one markdown table per setting, with the reference figures beside ours.
@@ -76,9 +77,11 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--folds", type=int, default=0, help="k-fold cross-validation by query (0: the seeded 80/20 split)")
     parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--tune", choices=["full", "query"], default="full", help="the recipe (lancedb-tune run --tune)")
     args = parser.parse_args()
     dataset = load_labeled_csv(args.data)
-    config = RunConfig(finetune=FinetuneConfig(keep_checkpoints=True))  # fusion_validation.py scores the selection checkpoints
+    # keep_checkpoints: fusion_validation.py scores the selection checkpoints.
+    config = RunConfig(tune=args.tune, finetune=FinetuneConfig(keep_checkpoints=True))
     out = Path(args.out)
     if args.folds:
         reports = []
