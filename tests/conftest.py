@@ -55,3 +55,35 @@ def small_nodes(small_dataset, default_model_path):
     from llama_index_lancedb_tuning import chunk_corpus, model_tokenizer
 
     return chunk_corpus(small_dataset.corpus, model_tokenizer(default_model_path), 128, 16)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """MiniLM on a shared 2-core machine: one intra-op thread is several times faster than two fighting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def llamaindex_table(uri, dataset, model_path):
+    """A table as a LlamaIndex app writes it: VectorStoreIndex over LanceDBVectorStore, one Document per corpus entry."""
+    import lancedb
+    from llama_index.core import Document, StorageContext, VectorStoreIndex
+    from llama_index.core.node_parser import SentenceSplitter
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+    from llama_index.vector_stores.lancedb import LanceDBVectorStore
+
+    docs = [
+        Document(text=text, doc_id=doc_id, metadata={"file_name": f"{doc_id}.txt"}) for doc_id, text in dataset.corpus.items()
+    ]
+    store = LanceDBVectorStore(uri=uri, table_name="li", mode="overwrite")
+    VectorStoreIndex.from_documents(
+        docs,
+        storage_context=StorageContext.from_defaults(vector_store=store),
+        embed_model=HuggingFaceEmbedding(model_name=model_path),
+        transformations=[SentenceSplitter(chunk_size=128, chunk_overlap=16)],
+    )
+    return lancedb.connect(uri).open_table("li")

@@ -7,11 +7,8 @@ from pathlib import Path
 import lancedb
 import numpy as np
 import pytest
-from llama_index.core import Document, StorageContext, VectorStoreIndex
-from llama_index.core.node_parser import SentenceSplitter
+from conftest import llamaindex_table
 from llama_index.core.schema import MetadataMode
-from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-from llama_index.vector_stores.lancedb import LanceDBVectorStore
 
 from llama_index_lancedb_tuning.cli import main
 from llama_index_lancedb_tuning.encoding import embed_queries, embed_texts, load_embed_model
@@ -22,15 +19,7 @@ QUERY_TYPES = {"vector", "fts", "reranked_vector", "reranked_fts", "hybrid"}
 QUICK = ["--epochs", "1", "--k", "3", "--quiet"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """MiniLM on a shared 2-core machine: one intra-op thread is several times faster than two fighting."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _stored(table) -> dict:
@@ -66,27 +55,12 @@ def test_query_tuning_scores_the_baseline_tables_own_vectors(tmp_path, embed_mod
     assert vector["tuned"]["hit_rate"] > vector["baseline"]["hit_rate"]  # the nicknames are learned on the query side
 
 
-def _llamaindex_table(uri, dataset, model_path):
-    """A table as a LlamaIndex app writes it: VectorStoreIndex over LanceDBVectorStore."""
-    docs = [
-        Document(text=text, doc_id=doc_id, metadata={"file_name": f"{doc_id}.txt"}) for doc_id, text in dataset.corpus.items()
-    ]
-    store = LanceDBVectorStore(uri=uri, table_name="li", mode="overwrite")
-    VectorStoreIndex.from_documents(
-        docs,
-        storage_context=StorageContext.from_defaults(vector_store=store),
-        embed_model=HuggingFaceEmbedding(model_name=model_path),
-        transformations=[SentenceSplitter(chunk_size=128, chunk_overlap=16)],
-    )
-    return lancedb.connect(uri).open_table("li")
-
-
 @pytest.fixture(scope="module")
 def app_table(tmp_path_factory, small_dataset, default_model_path):
     """A LlamaIndex-written table of the small dataset's documents, and its labeled queries as a QA dataset JSON."""
     folder = tmp_path_factory.mktemp("app")
     uri = str(folder / "db")
-    _llamaindex_table(uri, small_dataset, default_model_path)
+    llamaindex_table(uri, small_dataset, default_model_path)
     small_dataset.save_json(folder / "labels.json")
     return uri, folder / "labels.json"
 

@@ -22,15 +22,7 @@ TYPES = ("vector", "fts", "reranked_vector", "reranked_fts", "hybrid")
 SECRET = "sk-test-NEVER-PRINT-7f3a9c"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """MiniLM on a shared 2-core machine: one intra-op thread is several times faster than two fighting."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,11 @@
 """The pack tunes the table an app already has: evaluate, query-side and full tuning, reopening the pair,
 and tables written by LlamaIndex's own LanceDBVectorStore. Real model, real tables, one epoch."""
 
-import lancedb
 import numpy as np
 import pytest
-from llama_index.core import Document, StorageContext, VectorStoreIndex
-from llama_index.core.node_parser import SentenceSplitter
+from conftest import llamaindex_table
+from llama_index.core import Document
 from llama_index.core.schema import MetadataMode, TextNode
-from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-from llama_index.vector_stores.lancedb import LanceDBVectorStore
 
 from llama_index_lancedb_tuning import QADataset, RunConfig, TuningError
 from llama_index_lancedb_tuning.encoders import EncoderPair, recorded_encoders
@@ -20,15 +17,7 @@ TYPES = ["vector", "fts", "reranked_vector", "reranked_fts", "hybrid"]
 QUICK = {"epochs": 1, "eval_each_epoch": False, "refit": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """MiniLM on a shared 2-core machine: one intra-op thread is several times faster than two fighting."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -138,25 +127,10 @@ def test_bad_tuning_requests_are_refused_before_training(tmp_path, small_nodes, 
         pack.finetune(train, output_dir=tmp_path / "busy")
 
 
-def _llamaindex_table(uri, dataset, model_path):
-    """A table as a LlamaIndex app writes it: VectorStoreIndex over LanceDBVectorStore."""
-    docs = [
-        Document(text=text, doc_id=doc_id, metadata={"file_name": f"{doc_id}.txt"}) for doc_id, text in dataset.corpus.items()
-    ]
-    store = LanceDBVectorStore(uri=uri, table_name="li", mode="overwrite")
-    VectorStoreIndex.from_documents(
-        docs,
-        storage_context=StorageContext.from_defaults(vector_store=store),
-        embed_model=HuggingFaceEmbedding(model_name=model_path),
-        transformations=[SentenceSplitter(chunk_size=128, chunk_overlap=16)],
-    )
-    return lancedb.connect(uri).open_table("li")
-
-
 def test_a_llamaindex_written_table_opens_evaluates_and_query_tunes(tmp_path, small_dataset, split, default_model_path):
     train, test = split
     uri = str(tmp_path / "db")
-    table = _llamaindex_table(uri, small_dataset, default_model_path)
+    table = llamaindex_table(uri, small_dataset, default_model_path)
     assert not table.list_indices()  # LlamaIndex builds its full-text index only on a first text query
     before = _stored(table)
 
