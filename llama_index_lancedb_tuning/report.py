@@ -26,12 +26,13 @@ def gain_verdict(baseline: EvalResult, tuned: EvalResult) -> str:
     """`+8 queries (p=0.039)`; `noise (+2 queries)` for a change of a couple of queries; `+5 queries, not
     significant (p=0.125)` where the paired test cannot tell the change from chance."""
     delta = round((tuned.hit_rate - baseline.hit_rate) * tuned.n)
+    change = f"{delta:+d} {'query' if abs(delta) == 1 else 'queries'}"
     p = tuned.p_vs_baseline
     if abs(delta) <= NOISE_QUERIES:
-        return f"noise ({delta:+d} queries)"
+        return f"noise ({change})"
     if p is None or p >= SIGNIFICANCE:
-        return f"{delta:+d} queries, not significant" + (f" (p={p:.3f})" if p is not None else "")
-    return f"{delta:+d} queries (p={p:.3f})"
+        return f"{change}, not significant" + (f" (p={p:.3f})" if p is not None else "")
+    return f"{change} (p={p:.3f})"
 
 
 def comparison_table(results: Sequence[EvalResult], k: int = 5) -> str:
