@@ -69,12 +69,12 @@ for line in sys.stdin:
 
 
 class Zygote:
-    """A process that forks ingest workers on request; `start` returns the worker's pid."""
+    """A process that forks workers on request (ingest workers, or the `job` of another `script`); `start` returns the worker's pid."""
 
-    def __init__(self) -> None:
+    def __init__(self, script: str = ZYGOTE) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+            [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
         assert self.proc.stdout.readline().strip() == "ready"
 
@@ -94,15 +94,15 @@ class Zygote:
         self.proc.wait(timeout=30)
 
 
-_shared: list[Zygote] = []
+_shared: dict[str, Zygote] = {}
 
 
-def shared_zygote() -> Zygote:
-    """One zygote per test session (its start costs an import of the whole stack), closed at exit."""
-    if not _shared:
-        _shared.append(Zygote())
-        atexit.register(_shared[0].close)
-    return _shared[0]
+def shared_zygote(script: str = ZYGOTE) -> Zygote:
+    """One zygote per script and test session (its start costs an import of the whole stack), closed at exit."""
+    if script not in _shared:
+        _shared[script] = Zygote(script)
+        atexit.register(_shared[script].close)
+    return _shared[script]
 
 
 @pytest.fixture

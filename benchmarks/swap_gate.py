@@ -1,0 +1,124 @@
+"""Issue #16's "Done when": the do-no-harm gate, versions and rollback on the data_qa table.
+
+The pack indexes data_qa.csv's contexts (the bundled model, 128-token nodes) and serves hybrid
+search at k=5. On the run's split (test_size 0.2, seed 42: 176 training, 44 held-out queries):
+
+1. a harmful tune: the training queries' labels shuffled among them, 4 epochs at lr 5e-4;
+   the gate must refuse it, and the pack's answers to the 44 held-out queries stay as they were;
+2. a real tune with the recommended recipe: it must be promoted to a higher table version,
+   and the answers change;
+3. `rollback()`: the answers must be exactly the first ones again.
+
+    python benchmarks/swap_gate.py [--data ../shared/data/data_qa.csv] [--mode query|full] [--epochs E]
+
+`--mode` picks the recipe of both tunes (default query: nothing is re-embedded, the fast one on
+a CPU); `--epochs` overrides the real tune's epochs. Prints one line per step and, last, one
+JSON object: each verdict, the table versions, the held-out hit@5 of the served query type
+before and after, whether the answers changed, and the seconds each step took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from llama_index_lancedb_tuning import (
+    FinetunedLanceDBRetrieverPack,
+    QADataset,
+    chunk_corpus,
+    load_labeled_csv,
+    model_tokenizer,
+    resolve_model,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shuffled_labels(dataset: QADataset, seed: int = 0) -> QADataset:
+    """The same queries and corpus, each query pointing at another query's documents."""
+    targets = [dataset.relevant_docs[q] for q in dataset.query_ids]
+    random.Random(seed).shuffle(targets)
+    return QADataset(dict(dataset.queries), dataset.corpus, dict(zip(dataset.query_ids, targets)))
+
+
+def answers(pack: FinetunedLanceDBRetrieverPack, test: QADataset) -> list[list[str]]:
+    return [[hit.node.node_id for hit in pack.run(test.queries[q])] for q in test.query_ids]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "data_qa.csv"))
+    parser.add_argument("--mode", choices=["query", "full"], default="query")
+    parser.add_argument("--epochs", type=int, default=None)
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    labeled = load_labeled_csv(args.data)
+    train, test = labeled.split(0.2, seed=42)
+    model = resolve_model(None)
+    nodes = chunk_corpus(labeled.corpus, model_tokenizer(model), 128, 16)
+    out: dict = {"mode": args.mode, "n_train": len(train), "n_test": len(test), "n_nodes": len(nodes)}
+    with tempfile.TemporaryDirectory() as tmp:
+        pack = FinetunedLanceDBRetrieverPack(nodes=nodes, embed_model=model, uri=tmp, table_name="docs")
+        first = answers(pack, test)
+        hit = {"before": pack.evaluate(test)[-1].hit_rate}  # the last row: hybrid, the pack's query type
+        out["version_before"] = pack.get_modules()["table"].version
+
+        t = time.perf_counter()
+        harmful = pack.finetune(
+            shuffled_labels(train), mode=args.mode, output_dir=Path(tmp) / "harmful", epochs=4, learning_rate=5e-4
+        )
+        out["harmful"] = {
+            "promoted": harmful.promoted,
+            "reason": harmful.reason,
+            "version": harmful.version,
+            "answers_unchanged": answers(pack, test) == first,
+            "seconds": round(time.perf_counter() - t, 1),
+        }
+        print("harmful:", harmful.reason)
+
+        t = time.perf_counter()
+        overrides = {} if args.epochs is None else {"epochs": args.epochs}
+        real = pack.finetune(train, mode=args.mode, output_dir=Path(tmp) / "real", **overrides)
+        tuned_answers = answers(pack, test)
+        hit["after_real"] = pack.evaluate(test)[-1].hit_rate
+        out["real"] = {
+            "promoted": real.promoted,
+            "reason": real.reason,
+            "version": real.version,
+            "answers_changed": tuned_answers != first,
+            "seconds": round(time.perf_counter() - t, 1),
+        }
+        print("real:", real.reason)
+
+        t = time.perf_counter()
+        version = pack.rollback()
+        out["rollback"] = {
+            "version": version,
+            "answers_exactly_first": answers(pack, test) == first,
+            "seconds": round(time.perf_counter() - t, 1),
+        }
+        print(f"rollback: version {version}, answers exactly the first: {out['rollback']['answers_exactly_first']}")
+        out["history"] = [
+            {"number": p.number, "version": p.version, "mode": p.mode, "serving": p.serving, "figures": p.figures}
+            for p in pack.history()
+        ]
+    out["test_hybrid_hit@5"] = hit
+    out["done_when"] = (
+        not out["harmful"]["promoted"]
+        and out["harmful"]["answers_unchanged"]
+        and out["real"]["promoted"]
+        and out["real"]["version"] > out["version_before"]
+        and out["real"]["answers_changed"]
+        and out["rollback"]["answers_exactly_first"]
+    )
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
