@@ -1,12 +1,16 @@
 """Issue #16's "Done when": the do-no-harm gate, versions and rollback on the data_qa table.
 
 The pack indexes data_qa.csv's contexts (the bundled model, 128-token nodes) and serves hybrid
-search at k=5. On the run's split (test_size 0.2, seed 42: 176 training, 44 held-out queries):
+search at k=5. On the run's split (test_size 0.2, seed 42: 176 training, 44 held-out queries),
+the gate's validation queries are a fifth of the training ones (seed 42), labeled correctly,
+given to both tunes as `eval_dataset`; the other 140 train:
 
-1. a harmful tune: the training queries' labels shuffled among them, 4 epochs at lr 5e-4;
-   the gate must refuse it, and the pack's answers to the 44 held-out queries stay as they were;
-2. a real tune with the recommended recipe: it must be promoted to a higher table version,
-   and the answers change;
+1. a harmful tune: those 140 queries' labels shuffled among them, 4 epochs at lr 5e-4; the gate
+   must refuse it, and the pack's answers to the 44 held-out queries stay as they were (carved
+   from the shuffled labels, the gate's queries would be wrong too, and no model could be
+   judged on them);
+2. a real tune of the 140 with the recommended recipe: it must be promoted to a higher table
+   version, and the answers change;
 3. `rollback()`: the answers must be exactly the first ones again.
 
     python benchmarks/swap_gate.py [--data ../shared/data/data_qa.csv] [--mode query|full] [--epochs E]
@@ -59,9 +63,16 @@ def main() -> None:
     start = time.perf_counter()
     labeled = load_labeled_csv(args.data)
     train, test = labeled.split(0.2, seed=42)
+    fit, validation = train.split(0.2, seed=42)
     model = resolve_model(None)
     nodes = chunk_corpus(labeled.corpus, model_tokenizer(model), 128, 16)
-    out: dict = {"mode": args.mode, "n_train": len(train), "n_test": len(test), "n_nodes": len(nodes)}
+    out: dict = {
+        "mode": args.mode,
+        "n_train": len(fit),
+        "n_validation": len(validation),
+        "n_test": len(test),
+        "n_nodes": len(nodes),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         pack = FinetunedLanceDBRetrieverPack(nodes=nodes, embed_model=model, uri=tmp, table_name="docs")
         first = answers(pack, test)
@@ -70,7 +81,7 @@ def main() -> None:
 
         t = time.perf_counter()
         harmful = pack.finetune(
-            shuffled_labels(train), mode=args.mode, output_dir=Path(tmp) / "harmful", epochs=4, learning_rate=5e-4
+            shuffled_labels(fit), args.mode, Path(tmp) / "harmful", eval_dataset=validation, epochs=4, learning_rate=5e-4
         )
         out["harmful"] = {
             "promoted": harmful.promoted,
@@ -83,7 +94,7 @@ def main() -> None:
 
         t = time.perf_counter()
         overrides = {} if args.epochs is None else {"epochs": args.epochs}
-        real = pack.finetune(train, mode=args.mode, output_dir=Path(tmp) / "real", **overrides)
+        real = pack.finetune(fit, args.mode, Path(tmp) / "real", eval_dataset=validation, **overrides)
         tuned_answers = answers(pack, test)
         hit["after_real"] = pack.evaluate(test)[-1].hit_rate
         out["real"] = {

@@ -289,7 +289,10 @@ def fake_results(label: str) -> list[EvalResult]:
 
 @pytest.fixture
 def staged(monkeypatch, tmp_path):
-    """The pipeline with its two expensive stages replaced by recorders; `kill_at` interrupts one."""
+    """The pipeline with its two expensive stages replaced by recorders; `kill_at` interrupts one.
+
+    They make no tables, so runs on it pass --no-gate (the gate scores the tables).
+    """
     import llama_index_lancedb_tuning.pipeline as pipeline_module
 
     state = {"scored": [], "fits": [], "kill_at": None}
@@ -320,7 +323,7 @@ def staged(monkeypatch, tmp_path):
 
 def test_killed_run_restarts_where_it_stopped(staged, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["run", str(tmp_path / "qa.csv"), "--out", str(out), "--k", "3", "--quiet"]
+    argv = ["run", str(tmp_path / "qa.csv"), "--out", str(out), "--k", "3", "--quiet", "--no-gate"]
 
     staged["kill_at"] = "finetune"
     assert main(argv) == 130
@@ -348,7 +351,7 @@ def test_killed_run_restarts_where_it_stopped(staged, tmp_path, capsys):
 
 def test_torn_metrics_file_reruns_training_and_no_resume_is_passed_on(staged, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["run", str(tmp_path / "qa.csv"), "--out", str(out), "--k", "3", "--quiet", "--no-resume"]
+    argv = ["run", str(tmp_path / "qa.csv"), "--out", str(out), "--k", "3", "--quiet", "--no-resume", "--no-gate"]
     staged["kill_at"] = "tuned"
     assert main(argv) == 130
     assert staged["fits"] == [False]

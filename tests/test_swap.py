@@ -147,3 +147,66 @@ def test_a_kill_at_any_point_of_a_promotion_leaves_the_old_or_the_new_state_whol
             assert whole_state(uri) == "a"
     assert {"a", "b"} <= set(outcomes), f"kills always left {outcomes[0]}: the test did not exercise the swap"
     assert mid_swap >= 3, f"only {mid_swap} of 24 kills landed inside a promotion"
+
+
+def test_history_and_rollback_from_the_command_line(tmp_path, capsys):
+    from llama_index_lancedb_tuning.cli import main
+    from llama_index_lancedb_tuning.versions import promote
+
+    uri = str(tmp_path)
+    table = serving_table(uri)
+    before = table.version
+    argv = ["--uri", uri, "--table-name", "t"]
+    assert main(["history", *argv]) == 0 and "has served no tuned model yet" in capsys.readouterr().out
+    rows = table.to_arrow()
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(model_vectors("b", rows.column("id").to_pylist(), DIM).reshape(-1)), DIM)
+    figures = {"query_type": "vector", "n": 12, "serving": {"hit_rate": 0.5}, "tuned": {"hit_rate": 0.75}, "p_value": 0.25}
+    version = promote(table, MODELS["b"], MODELS["a"], figures, rows.set_column(2, rows.schema.field("vector"), vectors))
+    assert whole_state(uri) == "b"
+
+    assert main(["history", *argv]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"#1 version {version} (replaced {before}) full [serving]: queries model-b, documents model-b; "
+        "vector hit on 12 validation queries: 0.500 -> 0.750"
+    )
+    assert main(["rollback", *argv]) == 0
+    assert "as before its last promotion; encoders: queries model-a, documents model-a" in capsys.readouterr().out
+    assert whole_state(uri) == "a"
+    assert main(["rollback", *argv]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "lancedb-tune: error: table 't' serves no promotion to roll back; its history lists what it served"
+    )
+
+
+def test_the_gate_promotes_only_when_validation_shows_no_loss():
+    from llama_index_lancedb_tuning.gate import judge
+    from llama_index_lancedb_tuning.metrics import EvalResult
+
+    def scored(hits: list[int]) -> EvalResult:
+        return EvalResult.from_reciprocal_ranks(np.array(hits, dtype=float), "m", "hybrid", None, 0.0)
+
+    serving = scored([1, 1, 0, 0, 1, 0, 1, 0, 1, 1])
+    tie = judge(serving, scored([1, 0, 1, 0, 1, 0, 1, 0, 1, 1]), 5)
+    assert (
+        tie.promoted
+        and tie.reason == "promoted: hybrid hit@5 on 10 validation queries 0.600 -> 0.600 (+0 queries, McNemar p=1.000)"
+    )
+    loss = judge(serving, scored([1, 1, 0, 0, 1, 0, 1, 0, 1, 0]), 5)
+    assert not loss.promoted and loss.reason.endswith(
+        "(-1 query, McNemar p=1.000): worse, though not significantly; the serving model stays"
+    )
+    collapse = judge(scored([1] * 10), scored([0] * 10), 5)
+    assert not collapse.promoted and "significantly worse" in collapse.reason and collapse.p_value == 0.002
+    assert collapse.figures()["serving"]["hit_rate"] == 1.0 and collapse.figures()["tuned"]["hit_rate"] == 0.0
+
+
+def test_the_gate_needs_queries_the_model_never_trains_on(small_dataset):
+    from llama_index_lancedb_tuning import TuningError
+    from llama_index_lancedb_tuning.gate import gate_queries
+
+    fit, held_out = gate_queries(small_dataset, None, 0.2, 42)
+    assert len(held_out) == 8 and not set(fit.queries) & set(held_out.queries)
+    with pytest.raises(TuningError, match="never trains on; pass eval_dataset=, a val_fraction above 0, or gate=False"):
+        gate_queries(small_dataset, None, 0.0, 42)
+    with pytest.raises(TuningError, match="8 gate queries also appear among the training queries"):
+        gate_queries(small_dataset, held_out, 0.2, 42)
