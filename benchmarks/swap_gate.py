@@ -14,6 +14,13 @@ given to both tunes as `eval_dataset`; the other 140 train:
 3. `rollback()`: the answers must be exactly the first ones again.
 
     python benchmarks/swap_gate.py [--data ../shared/data/data_qa.csv] [--mode query|full] [--epochs E]
+    python benchmarks/swap_gate.py --swap-rows N
+
+`--swap-rows N` measures only the swap itself, on N synthetic 384-dim rows with data_qa-sized
+text: a promotion as a new version of the table (`versions.promote`: pending record, one commit
+of every row, settled record, full-text index) against writing the same rows into a new table
+with its full-text index, the alternative a swap of tables would need (LanceDB OSS has no
+`rename_table`, so readers would also have to move to the new table's name).
 
 `--mode` picks the recipe of both tunes (default query: nothing is re-embedded, the fast one on
 a CPU); `--epochs` overrides the real tune's epochs. Prints one line per step and, last, one
@@ -29,6 +36,9 @@ import random
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
 
 from llama_index_lancedb_tuning import (
     FinetunedLanceDBRetrieverPack,
@@ -53,12 +63,53 @@ def answers(pack: FinetunedLanceDBRetrieverPack, test: QADataset) -> list[list[s
     return [[hit.node.node_id for hit in pack.run(test.queries[q])] for q in test.query_ids]
 
 
+def swap_seconds(n: int) -> dict:
+    """Seconds to promote n re-embedded rows as a version, and to write them as a new table instead."""
+    from llama_index_lancedb_tuning.encoders import EncoderNames, record_encoders
+    from llama_index_lancedb_tuning.store import connect, ensure_fts_index, table_schema
+    from llama_index_lancedb_tuning.versions import promote
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(5000)]
+
+    def rows(seed: int) -> pa.Table:
+        vectors = np.random.default_rng(seed).standard_normal((n, 384)).astype(np.float32)
+        return pa.Table.from_pydict(
+            {
+                "id": [f"n{i}" for i in range(n)],
+                "doc_id": [f"d{i // 4}" for i in range(n)],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 384),
+                "text": [" ".join(rng.choice(words, 100)) for _ in range(n)],
+                "metadata": [None] * n,
+            },
+            schema=table_schema(384),
+        )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = connect(tmp)
+        table = db.create_table("docs", rows(1))
+        record_encoders(table, EncoderNames("a", "a"))
+        ensure_fts_index(table)
+        new = table.to_arrow().set_column(2, table.schema.field("vector"), rows(2).column("vector"))
+        t = time.perf_counter()
+        promote(table, EncoderNames("b", "b"), EncoderNames("a", "a"), {}, new)
+        as_version = time.perf_counter() - t
+        t = time.perf_counter()
+        ensure_fts_index(db.create_table("docs_new", new))
+        as_table = time.perf_counter() - t
+    return {"rows": n, "promote_as_version_s": round(as_version, 2), "write_new_table_s": round(as_table, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "data_qa.csv"))
     parser.add_argument("--mode", choices=["query", "full"], default="query")
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--swap-rows", type=int, default=None)
     args = parser.parse_args()
+    if args.swap_rows:
+        print(json.dumps(swap_seconds(args.swap_rows)))
+        return
 
     start = time.perf_counter()
     labeled = load_labeled_csv(args.data)

@@ -142,7 +142,9 @@ def test_the_gate_refuses_a_harmful_tune_and_changes_nothing(tmp_path, small_nod
     pack = _pack(tmp_path, small_nodes, default_model_path, query_type="vector")
     table = pack.get_modules()["table"]
     before, version, answers, encoder = _stored(table), table.version, _answers(pack, test), pack.query_encoder
-    result = pack.finetune(shuffled, mode="full", eval_dataset=test, epochs=2, learning_rate=5e-4, eval_each_epoch=False)
+    result = pack.finetune(
+        shuffled, mode="full", eval_dataset=test, epochs=2, learning_rate=5e-4, batch_size=4, eval_each_epoch=False
+    )
 
     assert not result.promoted and result.reason.startswith("not promoted: vector hit@5 on 10 validation queries")
     assert result.tuned.hit_rate < result.serving.hit_rate and result.serving.n == len(test)
