@@ -9,8 +9,11 @@ settles the record and rebuilds the full-text index; a query-side promotion is t
 commit alone. The version that results is tagged. A rollback is LanceDB's `restore`: one commit
 that brings back that version's rows, vectors, indices and recorded encoders as they were.
 
-Rows appended by another process during a full re-embedding keep their old vectors: pause
-appends while one is promoted.
+Versions of the one table rather than a new table swapped in: LanceDB OSS has no `rename_table`,
+so every reader (LlamaIndex's `LanceDBVectorStore` included) would have to move to a new name,
+while a version keeps the name, and writing the rows as one costs about what writing a new table
+does (`benchmarks/swap_gate.py --swap-rows`). Rows appended by another process during a full
+re-embedding keep their old vectors: pause appends while one is promoted.
 """
 
 from __future__ import annotations
