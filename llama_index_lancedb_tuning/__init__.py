@@ -37,6 +37,8 @@ _EXPORTS = {
     "evaluate": ["evaluate_retriever", "evaluate_retrievers"],
     "report": ["comparison_plot", "comparison_table"],
     "pipeline": ["build_nodes", "evaluate_model", "tune_and_evaluate"],
+    "table_tuning": ["TuneResult"],
+    "versions": ["Promotion"],
     "pack": ["FinetunedLanceDBRetrieverPack", "write_pack_source"],
     "models": ["DEFAULT_MODEL", "resolve_model"],
 }

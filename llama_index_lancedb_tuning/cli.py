@@ -31,6 +31,8 @@ _EXAMPLES = {
     "evaluate": "example:\n  lancedb-tune evaluate examples/sample_qa.csv --model runs/sample/model --out runs/sample-eval",
     "generate": "example:\n  lancedb-tune generate docs/ --out pairs.json --llm offline",
     "download-pack": "example:\n  lancedb-tune download-pack my_pack/",
+    "history": "example:\n  lancedb-tune history --uri ./lancedb --table-name docs",
+    "rollback": "example:\n  lancedb-tune rollback --uri ./lancedb --table-name docs",
 }
 
 
@@ -186,6 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("dest", help="folder to write (must be empty unless --overwrite)")
     dl.add_argument("--overwrite", action="store_true", help="replace the pack files in a non-empty folder (default: off)")
 
+    for name, summary, description in (
+        (
+            "history",
+            "list the tuned models a table has served, with their validation figures",
+            "List every promotion of a tuned model to the table (FinetunedLanceDBRetrieverPack.finetune): its table "
+            "version, recipe, encoders and the gate's validation figures; the one serving now is marked.",
+        ),
+        (
+            "rollback",
+            "serve again what a table served before its last promotion",
+            "Restore the table version the last promotion replaced (rows, vectors, indices and recorded encoders, "
+            "as they were) as a new version; an app reopening the table gets the encoders that served then.",
+        ),
+    ):
+        versions = _subcommand(sub, name, summary, description)
+        versions.add_argument("--uri", required=True, help="the LanceDB (directory, s3://, gs://) holding the table (required)")
+        versions.add_argument("--table-name", required=True, metavar="NAME", help="the table (required)")
+
     ev = _subcommand(
         sub,
         "evaluate",
@@ -257,9 +277,40 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _versions(args: argparse.Namespace) -> int:
+    from .store import connect, open_table
+    from .versions import history, rollback
+
+    table = open_table(connect(args.uri), args.table_name)
+    if args.command == "rollback":
+        version, names = rollback(table)
+        pair = "" if names is None else f"; encoders: queries {names.query_encoder}, documents {names.document_encoder}"
+        print(f"table '{args.table_name}' serves version {version}, as before its last promotion{pair}")
+        return 0
+    promotions = history(table)
+    if not promotions:
+        print(f"table '{args.table_name}' has served no tuned model yet")
+    for p in promotions:
+        figures = p.figures
+        gate = (
+            f"{figures['query_type']} hit on {counted(figures['n'], 'validation query')}: "
+            f"{figures['serving']['hit_rate']:.3f} -> {figures['tuned']['hit_rate']:.3f}"
+            if figures
+            else "no gate"
+        )
+        where = "not tagged" if p.version is None else f"version {p.version}"
+        print(
+            f"#{p.number} {where} (replaced {p.previous_version}) {p.mode}{' [serving]' if p.serving else ''}: "
+            f"queries {p.encoders.query_encoder}, documents {p.encoders.document_encoder}; {gate}"
+        )
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "generate":
         return _generate(args)
+    if args.command in ("history", "rollback"):
+        return _versions(args)
     if args.command == "download-pack":
         from .pack import write_pack_source
 
@@ -311,6 +362,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         report = evaluate_model(dataset, args.model, args.out, config, dataset_path=args.data, force=args.force)
     print(report["table"])
+    if "promotion" in report:
+        print(f"\n{report['promotion']['reason']}" + ("" if report["promoted"] else f"; the model is saved in {args.out}/model"))
     print(f"\nreport: {args.out}/report.md, report.json, report.png")
     return 0
 

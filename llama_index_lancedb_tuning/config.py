@@ -270,6 +270,14 @@ class RunConfig(SearchConfig, ChunkingConfig):
             "flag": "--tune",
         },
     )
+    gate: bool = field(
+        default=True,
+        metadata={
+            "help": "score the tuned model against the base one on validation queries carved from the training queries "
+            "before training, and report it promoted only if its hybrid hit@k is not below",
+            "flag": "--no-gate",
+        },
+    )
     # Annotated as always present: None is only an input, replaced at construction.
     finetune: FinetuneConfig = field(default=None, metadata={"help": "fine-tuning settings (None: recommended_finetune(pairs))"})  # type: ignore[assignment]
 

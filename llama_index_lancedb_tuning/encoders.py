@@ -5,10 +5,18 @@ The pair is written into the `vector` column's LanceDB field metadata. Unlike a 
 the table, it lives in the table's manifest, so it travels with the table wherever the table
 lives (a local directory, S3, GCS) and is versioned with it; unlike a table tag, it names a
 model rather than a version, and survives later appends and `cleanup_old_versions`.
+
+Re-embedding a table takes one commit for the vectors and another for this record, so a swap
+first records the incoming pair as *pending*, with the digest of one row's incoming vector:
+a reader that finds a pending pair checks that row to learn which pair the vectors it sees
+came from, so no version of the table, even one a kill left behind, names the wrong models.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +27,11 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field
 
 from .encoding import embed_texts
-from .store import update_vector_field_metadata, vector_field_metadata
+from .store import sql_id_list, update_vector_field_metadata, vector_field_metadata
 
 QUERY_ENCODER_KEY = "lancedb:tag:query_encoder"
 DOCUMENT_ENCODER_KEY = "lancedb:tag:document_encoder"
+PENDING_KEY = "lancedb:tag:pending"
 
 
 @dataclass(frozen=True)
@@ -46,17 +55,48 @@ def encoder_name(model: BaseEmbedding) -> str | None:
     return str(path.absolute()) if path.exists() else name
 
 
-def recorded_encoders(table: lancedb.table.Table) -> EncoderNames | None:
-    """The pair recorded with the table, or None for a table no tuning has recorded."""
+def vector_digest(vector: Sequence[float] | np.ndarray) -> str:
+    """A short digest of a vector's float32 bytes: which model made a stored vector, without the model."""
+    return hashlib.sha1(np.asarray(vector, dtype=np.float32).tobytes()).hexdigest()[:16]
+
+
+def stored_vector_digest(table: lancedb.table.Table, row_id: str) -> str | None:
+    rows = table.search().where(f"id IN ({sql_id_list([row_id])})").select(["vector"]).limit(1).to_list()
+    return vector_digest(rows[0]["vector"]) if rows else None
+
+
+def resolved_metadata(table: lancedb.table.Table) -> dict[str, str]:
+    """The `vector` column's metadata as it describes this version's vectors: a pending record counts
+    once its vectors are in place (its probe row holds the incoming vector)."""
     meta = vector_field_metadata(table)
+    pending = json.loads(meta.pop(PENDING_KEY)) if meta.get(PENDING_KEY) else None
+    if pending is not None and stored_vector_digest(table, pending["probe_id"]) == pending["probe_digest"]:
+        meta.update(pending["record"])
+    return meta
+
+
+def recorded_encoders(table: lancedb.table.Table) -> EncoderNames | None:
+    """The pair that made the vectors of the table's version, or None for a table no tuning has recorded."""
+    meta = resolved_metadata(table)
     if QUERY_ENCODER_KEY not in meta or DOCUMENT_ENCODER_KEY not in meta:
         return None
     return EncoderNames(meta[QUERY_ENCODER_KEY], meta[DOCUMENT_ENCODER_KEY])
 
 
-def record_encoders(table: lancedb.table.Table, names: EncoderNames) -> None:
-    """Record the pair with the table (a metadata-only commit: no row or vector is rewritten)."""
-    update_vector_field_metadata(table, {QUERY_ENCODER_KEY: names.query_encoder, DOCUMENT_ENCODER_KEY: names.document_encoder})
+def encoder_keys(names: EncoderNames) -> dict[str, str]:
+    """The metadata keys that record `names`."""
+    return {QUERY_ENCODER_KEY: names.query_encoder, DOCUMENT_ENCODER_KEY: names.document_encoder}
+
+
+def record_pending(table: lancedb.table.Table, record: dict[str, str], probe_id: str, probe_vector: Sequence[float]) -> None:
+    """Record metadata keys that hold once row `probe_id` (and with it every row) gets its incoming vector."""
+    pending = {"record": record, "probe_id": probe_id, "probe_digest": vector_digest(probe_vector)}
+    update_vector_field_metadata(table, {PENDING_KEY: json.dumps(pending)})
+
+
+def record_encoders(table: lancedb.table.Table, names: EncoderNames, extra: dict[str, str] | None = None) -> None:
+    """Record the pair with the table, with `extra` metadata keys, in one metadata-only commit (no row is rewritten)."""
+    update_vector_field_metadata(table, {**encoder_keys(names), **(extra or {}), PENDING_KEY: None})
 
 
 class EncoderPair(BaseEmbedding):

@@ -21,14 +21,16 @@ from .config import QUERY_TYPES, ChunkingConfig, SearchConfig, TuneMode
 from .dataset import QADataset
 from .encoding import load_embed_model
 from .errors import TuningError
+from .gate import Gate
 from .index import LanceDBIndex
 from .metrics import EvalResult
 from .rerank import hybrid_reranker, node_reranker, reranker_name
 from .store import DEFAULT_TABLE, DEFAULT_URI, TableMode
-from .table_tuning import tune_index
+from .table_tuning import TuneResult, tune_index
+from .versions import Promotion, history, rollback
 
 if TYPE_CHECKING:
-    from .finetune import FinetuneResult
+    from .encoders import EncoderNames
 
 try:  # llama-index-core <= 0.14.20 ships the base class; 0.14.21+ removed it.
     from llama_index.core.llama_pack import BaseLlamaPack
@@ -55,6 +57,16 @@ def _document_nodes(
     if not corpus:
         raise TuningError("the documents hold no text; check what was loaded")
     return chunk_corpus(corpus, token_counter(tokenizer), chunk_size, chunk_overlap, fix_glued_words)
+
+
+def _load_pair(names: EncoderNames | None) -> tuple[BaseEmbedding, BaseEmbedding | None]:
+    """(document encoder, query encoder or None when the same) loaded from their recorded names."""
+    if names is None:
+        raise TuningError(
+            "the promotion rolled back did not record the encoders it replaced; reopen the table with from_table(embed_model=...)"
+        )
+    document = load_embed_model(names.document_encoder)
+    return document, None if names.query_encoder == names.document_encoder else load_embed_model(names.query_encoder)
 
 
 class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
@@ -191,14 +203,19 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             k: the cut for hit-rate and MRR (and the results each retriever returns).
             model: the label of every row.
         """
+        return self._scores(self.lancedb_index, dataset, k, model)
+
+    def _scores(
+        self, ix: LanceDBIndex, dataset: QADataset, k: int, model: str = "model", query_types: Sequence[str] | None = None
+    ) -> list[EvalResult]:
         from .evaluate import evaluate_retrievers
 
         search = SearchConfig(k=k, hybrid=self.hybrid_fusion)  # type: ignore[arg-type]
-        ix = self.lancedb_index
-        reranker = node_reranker(self.reranker_spec, k, self.embed_model, ix.table)
+        reranker = node_reranker(self.reranker_spec, k, ix.embedding, ix.table)
         retrievers = ix.retrievers(
             k, reranker, hybrid_reranker(search.hybrid, search.rrf_k), search.overfetch, search.hybrid_overfetch
         )
+        retrievers = {qt: r for qt, r in retrievers.items() if query_types is None or qt in query_types}
         names = {
             qt: reranker_name(reranker) if qt.startswith("reranked_") else f"lancedb.{search.hybrid}" if qt == "hybrid" else None
             for qt in retrievers
@@ -206,27 +223,61 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         return evaluate_retrievers(retrievers, dataset, k, model, names)
 
     def finetune(
-        self, train: QADataset, mode: TuneMode = "query", output_dir: str | Path | None = None, **overrides: Any
-    ) -> FinetuneResult:
-        """Tune the embedding model on the table's own nodes and serve the result from now on.
+        self,
+        train: QADataset,
+        mode: TuneMode = "query",
+        output_dir: str | Path | None = None,
+        gate: bool = True,
+        eval_dataset: QADataset | None = None,
+        **overrides: Any,
+    ) -> TuneResult:
+        """Tune the embedding model on the table's own nodes; serve it only if it does no harm.
 
         `query`: only a query encoder learns, against the table's stored vectors, frozen; no row
         or vector is rewritten, and `add` keeps embedding documents with the table's model.
         `full`: both sides are tuned and every row is re-embedded (ids, text, metadata kept).
-        Either way the pair of encoders is recorded with the table, so `from_table` reopens it.
+
+        The gate scores the serving and the tuned model with the pack's own retriever
+        (`query_type`, at `similarity_top_k`) on validation queries the tuned model never saw;
+        the tuned one is promoted only if its hit rate is not below. Until then the table and
+        the answers stay as they were; a promotion is a new tagged table version recording the
+        pair of encoders and both models' figures, which `from_table` reopens, `history` lists
+        and `rollback` undoes. The tuned model is saved either way.
 
         Args:
             train: labeled queries; relevance is by document (a node's `source_id` metadata or
                 `ref_doc_id`), so its corpus ids must be the ids of the table's documents.
-                Validation queries are carved from it.
             mode: `query` or `full`.
             output_dir: where the tuned model goes; default beside a local table.
+            gate: False promotes the tuned model without scoring it.
+            eval_dataset: the gate's validation queries; None carves `val_fraction` of `train`
+                before training (the fine-tuning then carves its own epoch-selection queries
+                from the rest).
             **overrides: `FinetuneConfig` fields (epochs, learning_rate, val_fraction...); bars are off
                 unless `show_progress=True`.
         """
-        self.lancedb_index, result = tune_index(self.lancedb_index, train, mode, output_dir, **overrides)
+        k, query_type = self.similarity_top_k, self.query_type
+        scorer = Gate(lambda ix, queries: self._scores(ix, queries, k, query_types=[query_type])[0], k)
+        self.lancedb_index, result = tune_index(
+            self.lancedb_index, train, mode, output_dir, scorer if gate else None, eval_dataset, **overrides
+        )
         self._build_views()
         return result
+
+    def rollback(self) -> int:
+        """Serve again what served before the last promotion: the table version (rows, vectors,
+        indices) and the pack's encoders, exactly. Returns the table version now serving (a new
+        one, equal to the restored one)."""
+        table = self.lancedb_index.table
+        version, previous = rollback(table)
+        self.lancedb_index = LanceDBIndex(table, *_load_pair(previous))
+        self._build_views()
+        return version
+
+    def history(self) -> list[Promotion]:
+        """Every promotion of the table, oldest first: its version, mode, encoders and validation
+        figures, rolled-back ones included, the one serving marked."""
+        return history(self.lancedb_index.table)
 
     def get_modules(self) -> dict[str, Any]:
         return {

@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,13 +22,13 @@ from .config import ChunkingConfig, RerankerSpec, RunConfig
 from .dataset import QADataset
 from .encoding import check_backend, load_embed_model
 from .errors import TuningError
-from .evaluate import evaluate_retrievers
 from .finetune import EmbeddingFinetuner
+from .gate import Gate, GateVerdict, gate_queries
 from .index import LanceDBIndex
 from .jsonfile import read_json
-from .metrics import EvalResult, with_significance
+from .metrics import with_significance
 from .models import DEFAULT_MODEL, resolve_model
-from .rerank import hybrid_reranker, node_reranker, reranker_name
+from .rerank import node_reranker
 from .run_directory import (
     cached_results,
     claim_tables,
@@ -39,6 +38,7 @@ from .run_directory import (
     save_results,
     write_report,
 )
+from .scoring import score_index, score_model
 from .source_table import SourceTable
 from .store import connect, open_table, table_nodes
 from .wording import counted
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     import lancedb
 
 logger = logging.getLogger(__name__)
+# The gate scores the query type the pack serves by default.
+GATE_QUERY_TYPE = "hybrid"
 
 
 def build_nodes(corpus: dict[str, str], model: str | None, config: ChunkingConfig) -> list[TextNode]:
@@ -54,47 +56,6 @@ def build_nodes(corpus: dict[str, str], model: str | None, config: ChunkingConfi
     return chunk_corpus(
         corpus, model_tokenizer(resolve_model(model)), config.chunk_size, config.chunk_overlap, config.fix_glued_words
     )
-
-
-def score_model(
-    model: str | None,
-    label: str,
-    nodes: Sequence[BaseNode],
-    test: QADataset,
-    uri: str,
-    table_name: str,
-    config: RunConfig,
-    timings: dict[str, float],
-    timing_key: str = "index",
-) -> list[EvalResult]:
-    """Index `nodes` with `model` into a fresh table and score the five query types on `test`.
-
-    Adds the seconds spent to `timings[timing_key]` and `timings["evaluate"]`.
-    """
-    t = time.perf_counter()
-    index = LanceDBIndex.build(
-        nodes, load_embed_model(model, backend=config.backend), uri=uri, table_name=table_name, mode="overwrite"
-    )
-    timings[timing_key] = round(timings.get(timing_key, 0.0) + time.perf_counter() - t, 2)
-    return score_index(index, label, test, config, timings)
-
-
-def score_index(
-    index: LanceDBIndex, label: str, test: QADataset, config: RunConfig, timings: dict[str, float]
-) -> list[EvalResult]:
-    """Score the five query types of `index` on `test` (queries by its query encoder); adds to `timings["evaluate"]`."""
-    t = time.perf_counter()
-    reranker = node_reranker(config.reranker, config.k, index.embedding, index.table)
-    retrievers = index.retrievers(
-        config.k, reranker, hybrid_reranker(config.hybrid, config.rrf_k), config.overfetch, config.hybrid_overfetch
-    )
-    names = {
-        qt: (reranker_name(reranker) if qt.startswith("reranked_") else f"lancedb.{config.hybrid}" if qt == "hybrid" else None)
-        for qt in retrievers
-    }
-    results = evaluate_retrievers(retrievers, test, config.k, label, names)
-    timings["evaluate"] = round(timings.get("evaluate", 0.0) + time.perf_counter() - t, 2)
-    return results
 
 
 def check_settings(dataset: QADataset, model: str | None, config: RunConfig, splits: bool = False) -> None:
@@ -237,6 +198,25 @@ def _baseline_index(uri: str, config: RunConfig) -> LanceDBIndex:
     )
 
 
+def _gate_verdict(uri: str, config: RunConfig, model_dir: str, queries: QADataset | None) -> GateVerdict:
+    """The gate on the run's tables: the base and the tuned model's hybrid hit@k on the gate's queries."""
+    if queries is None:
+        why = "--no-gate" if not config.gate else "the gate needs labeled training queries over the scored corpus"
+        return GateVerdict(True, f"promoted without the gate ({why})")
+    baseline = _baseline_index(uri, config)
+    tuned_model = load_embed_model(model_dir, backend=config.backend)
+    full = config.tune == "full"
+    tuned = (
+        LanceDBIndex(open_table(connect(uri), "tuned"), tuned_model)
+        if full
+        else LanceDBIndex(baseline.table, baseline.embed_model, tuned_model)
+    )
+    hybrid = Gate(
+        lambda ix, q: next(r for r in score_index(ix, "gate", q, config, {}) if r.query_type == GATE_QUERY_TYPE), config.k
+    )
+    return hybrid.verdict(baseline, tuned, queries)
+
+
 def _tune_and_evaluate(
     dataset: QADataset,
     eval_dataset: QADataset | None,
@@ -256,7 +236,10 @@ def _tune_and_evaluate(
     if shared:
         raise TuningError(f"{shared} test queries also appear among training queries; remove them from the training data")
     tuning = config.finetune
-    n_val = math.ceil(tuning.val_fraction * len(train)) if tuning.val_fraction > 0 else None
+    # The gate needs the tables to index the training queries' documents: labeled pairs over the scored corpus.
+    gated = config.gate and not node_level and eval_dataset is None and documents is None
+    fit, held_out = gate_queries(train, None, tuning.val_fraction, config.seed) if gated else (train, None)
+    n_val = math.ceil(tuning.val_fraction * len(fit)) if tuning.val_fraction > 0 else None
     # Eval data from another corpus is the point of eval data, not a mistake to warn about.
     mismatch = corpus_overlap_warnings(documents, dataset.corpus) if documents and eval_dataset is None else []
     warnings = _warn(sample_size_warnings(len(test), n_val) + mismatch)
@@ -283,7 +266,7 @@ def _tune_and_evaluate(
     t = time.perf_counter()
     if read_json(model_dir / "metrics.json") is None:  # absent, or torn by a kill mid-write
         if config.tune == "full":
-            EmbeddingFinetuner(tuning).fit(train, model_dir, train_nodes, resume=resume)  # type: ignore[arg-type]
+            EmbeddingFinetuner(tuning).fit(fit, model_dir, train_nodes, resume=resume)  # type: ignore[arg-type]
         else:
             # Positives are the baseline table's own rows, so the frozen passages are its stored vectors;
             # generated pairs and another corpus's documents are not rows of it: the base model encodes them.
@@ -291,7 +274,7 @@ def _tune_and_evaluate(
             if train_nodes is nodes:
                 stored = {n.node_id: n.embedding for n in table_nodes(_baseline_index(uri, config).table)}
             query_side = replace(tuning, freeze_passages=True)
-            EmbeddingFinetuner(query_side).fit(train, model_dir, train_nodes, resume=resume, stored_vectors=stored)  # type: ignore[arg-type]
+            EmbeddingFinetuner(query_side).fit(fit, model_dir, train_nodes, resume=resume, stored_vectors=stored)  # type: ignore[arg-type]
     timings["finetune"] = round(time.perf_counter() - t, 2)
 
     if config.tune == "full":
@@ -304,6 +287,7 @@ def _tune_and_evaluate(
             LanceDBIndex(baseline_index.table, baseline_index.embed_model, query_encoder), "tuned", test, config, timings
         )
     with_significance(baseline, tuned)
+    verdict = _gate_verdict(uri, config, str(model_dir), held_out)
     timings["total"] = round(time.perf_counter() - t0, 2)
 
     results = baseline + tuned
@@ -312,6 +296,8 @@ def _tune_and_evaluate(
         "base_model": base or DEFAULT_MODEL,
         "tuned_model": str(model_dir),
         "tune": config.tune,
+        "promoted": verdict.promoted,
+        "promotion": {"reason": verdict.reason, **verdict.figures()},
         "dataset": {
             "path": paths[0],
             "eval_path": paths[1],
@@ -319,6 +305,7 @@ def _tune_and_evaluate(
             "n_corpus": len(scored_corpus) if source is None else len(source.sources()),
             "n_nodes": len(nodes),
             "n_train_queries": len(train),
+            "n_gate_queries": 0 if held_out is None else len(held_out),
             "n_test_queries": len(test),
             "pairs": config.pairs,
         },

@@ -144,6 +144,12 @@ def _data_line(data: dict) -> str:
     return f"trained on `{data['path']}` ({trained}) · scored on {scored} ({counted(data['n_test_queries'], 'query')})\n\n"
 
 
+def _promotion_line(report: dict) -> str:
+    """The gate's verdict for report.md (the model is saved either way); empty for a run that trained nothing."""
+    promotion = report.get("promotion")
+    return "" if promotion is None else f"gate: {promotion['reason']}\n\n"
+
+
 def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> str:
     """report.md and report.png, then report.json; returns the comparison table."""
     table = comparison_table(results, k)
@@ -152,7 +158,7 @@ def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> 
     (out / "report.md").write_text(
         f"# Retrieval before and after fine-tuning\n\nbase model: `{report['base_model']}` · tuned model: "
         f"`{report['tuned_model']}` · {counted(report['dataset']['n_test_queries'], 'held-out query')} · k={k}\n\n"
-        f"{_data_line(report['dataset'])}{warnings}{table}\n"
+        f"{_data_line(report['dataset'])}{_promotion_line(report)}{warnings}{table}\n"
     )
     # report.json last: its presence marks the run finished.
     write_json(out / "report.json", report, indent=2)

@@ -138,9 +138,10 @@ def missing_nodes(table: lancedb.table.Table | None, nodes: Iterable[BaseNode]) 
     return [node for node in nodes if node.node_id not in present]
 
 
-def _commit(table: lancedb.table.Table, commit: Callable[[], Any]) -> Any:
+def retrying_commit(table: lancedb.table.Table, action: Callable[[], Any]) -> Any:
+    """Run a LanceDB commit, retried on a conflict with a concurrent writer."""
     # The handle still points at the version a concurrent writer replaced: refresh before each retry.
-    return retry_commit_conflicts(commit, table.checkout_latest, table.name)
+    return retry_commit_conflicts(action, table.checkout_latest, table.name)
 
 
 def write_nodes(
@@ -217,7 +218,7 @@ def append_nodes(
                     "use the model the table was built with, or another table name"
                 )
             assert table is not None, "append_nodes needs a table or a create callback"
-            _commit(table, partial(table.add, _rows(batch, vectors, dim, table.schema)))
+            retrying_commit(table, partial(table.add, _rows(batch, vectors, dim, table.schema)))
             written += len(batch)
             bar.update(len(batch))
     if table is None:
@@ -231,7 +232,7 @@ def ensure_fts_index(table: lancedb.table.Table, replace: bool = False) -> None:
     """Build the full-text index on `text` (only the index: rows and vectors are untouched)."""
     if not replace and any("text" in (idx.columns or []) for idx in table.list_indices()):
         return
-    _commit(table, partial(table.create_index, "text", config=FTS(), replace=True))
+    retrying_commit(table, partial(table.create_index, "text", config=FTS(), replace=True))
 
 
 def vector_field_metadata(table: lancedb.table.Table) -> dict[str, str]:
@@ -240,42 +241,19 @@ def vector_field_metadata(table: lancedb.table.Table) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-def update_vector_field_metadata(table: lancedb.table.Table, values: dict[str, str]) -> None:
-    """Set keys of the `vector` column's metadata: one metadata-only commit, no row is rewritten.
+def update_vector_field_metadata(table: lancedb.table.Table, values: dict[str, str | None]) -> None:
+    """Set keys of the `vector` column's metadata (None removes one): one metadata-only commit, no row is rewritten.
 
     Field metadata lives in the table's manifest, so it travels with the table on local disk
     and object stores alike, and later appends keep it.
     """
-    _commit(table, partial(table.update_field_metadata, {"path": "vector", "metadata": values}))
+    retrying_commit(table, partial(table.update_field_metadata, {"path": "vector", "metadata": values}))
 
 
 def table_nodes(table: lancedb.table.Table) -> list[BaseNode]:
     """Every row of the table as its LlamaIndex node, with its stored vector (the whole table is read)."""
     rows = table.search().select(list(RESULT_COLUMNS)).limit(None).to_list()
     return [node_from_row(row) for row in rows]
-
-
-def rewrite_vectors(table: lancedb.table.Table, embed_model: BaseEmbedding, batch_size: int = 2048) -> None:
-    """Re-embed every row with `embed_model` in one atomic commit; ids, text and metadata are kept as they are.
-
-    The table is read whole (a commit per batch would leave a table of mixed vectors if
-    interrupted); the full-text index is rebuilt over the rewritten rows.
-    """
-    rows = table.to_arrow()
-    texts = [
-        node_from_row(r).get_content(metadata_mode=MetadataMode.EMBED) for r in rows.select(list(RESULT_COLUMNS)).to_pylist()
-    ]
-    vectors = np.concatenate([embed_texts(embed_model, texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
-    if not np.isfinite(vectors).all():
-        raise TuningError("the embedding model made non-finite vectors; it is broken (retrain it with a lower learning rate)")
-    dim = vector_dim(table)
-    if vectors.shape[1] != dim:
-        raise TuningError(f"table '{table.name}' holds {dim}-dim vectors but the model makes {vectors.shape[1]}-dim ones")
-    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
-    position = rows.schema.get_field_index("vector")
-    rewritten = rows.set_column(position, rows.schema.field("vector"), column)
-    _commit(table, lambda: table.merge_insert("id").when_matched_update_all().execute(rewritten))
-    ensure_fts_index(table, replace=True)
 
 
 def node_from_row(row: dict[str, Any]) -> BaseNode:

@@ -4,28 +4,66 @@ Two recipes. `query`: the table's stored vectors stay as they are, frozen, and o
 encoder is trained against them (`QueryOnlyLoss`); no row is rewritten, and new documents
 are still embedded by the table's original model. `full`: both sides are tuned and every
 row is re-embedded with the tuned model (ids, text and metadata kept).
+
+Either way the table serves the old model until the gate (`gate`) passes the tuned one: a full
+candidate is scored in a scratch copy of the table, and only a promotion (`versions`) writes
+to the table, as a new tagged version.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import Any, get_args
+
+import lancedb
+import pyarrow as pa
+from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from .config import FinetuneConfig, TuneMode
 from .dataset import QADataset
-from .encoders import EncoderNames, encoder_name, record_encoders
+from .encoders import EncoderNames, encoder_name
 from .encoding import load_embed_model
 from .errors import TuningError
+from .gate import UNGATED, Gate, gate_queries
 from .index import LanceDBIndex
-from .store import rewrite_vectors, table_nodes
-
-if TYPE_CHECKING:
-    from .finetune import FinetuneResult
+from .metrics import EvalResult
+from .store import ensure_fts_index, table_nodes
+from .versions import promote, reembedded_rows
 
 TUNE_MODES: tuple[str, ...] = get_args(TuneMode)
 # Set by the recipe itself: an override would contradict the mode or the table's model.
 _RECIPE_FIELDS = ("freeze_passages",)
+
+
+@dataclass
+class TuneResult:
+    """What a tuning did: the model it trained, whether the gate put it in service, and why.
+
+    Args:
+        model_path: the tuned model (saved whether promoted or not).
+        promoted: whether the table serves it now.
+        reason: the gate's verdict in one line.
+        version: the table version serving now (a new one when promoted).
+        serving: the serving model's figures on the gate's validation queries (None without the gate).
+        tuned: the tuned model's figures on the same queries.
+        p_value: McNemar's p of the paired hits.
+        metrics: the fine-tuning's own `metrics.json`.
+        train_seconds: seconds of fine-tuning.
+    """
+
+    model_path: Path
+    promoted: bool
+    reason: str
+    version: int
+    serving: EvalResult | None = None
+    tuned: EvalResult | None = None
+    p_value: float | None = None
+    metrics: dict = field(default_factory=dict)
+    train_seconds: float = 0.0
 
 
 def default_output_dir(index: LanceDBIndex, mode: TuneMode) -> Path:
@@ -54,24 +92,36 @@ def tuning_config(index: LanceDBIndex, mode: TuneMode, overrides: dict[str, Any]
     return FinetuneConfig(**settings)
 
 
+@contextmanager
+def _scratch_index(rows: pa.Table, tuned: BaseEmbedding) -> Iterator[LanceDBIndex]:
+    """The re-embedded rows in a throwaway local table, to score before anything is promoted."""
+    with tempfile.TemporaryDirectory(prefix="lancedb-tune-candidate-") as scratch:
+        table = lancedb.connect(scratch).create_table("candidate", rows)
+        ensure_fts_index(table)
+        yield LanceDBIndex(table, tuned)
+
+
 def tune_index(
     index: LanceDBIndex,
     train: QADataset,
     mode: TuneMode = "query",
     output_dir: str | Path | None = None,
+    gate: Gate | None = None,
+    eval_dataset: QADataset | None = None,
     **overrides: Any,
-) -> tuple[LanceDBIndex, FinetuneResult]:
-    """Tune the table's model on `train` and return the index that serves the result, with the `FinetuneResult`.
+) -> tuple[LanceDBIndex, TuneResult]:
+    """Tune the table's model on `train`; return the index serving afterwards and what happened.
 
     Training nodes are the table's rows, grouped by the document each came from (its `source_id`
     metadata, else its `ref_doc_id`), so `train`'s corpus ids must be those documents' ids.
-    Validation queries are carved from `train` as `EmbeddingFinetuner` does.
 
     Args:
         index: the table and its models.
         train: labeled queries over the table's documents.
         mode: `query` (the table is not rewritten) or `full` (the table is re-embedded).
         output_dir: where the tuned model goes; default beside a local table (required otherwise).
+        gate: how to score both models on the gate's queries; None promotes without a gate.
+        eval_dataset: the gate's queries (None: a `val_fraction` of `train`, carved before training).
         **overrides: `FinetuneConfig` fields (epochs, learning_rate, batch_size...).
     """
     from .finetune import EmbeddingFinetuner  # torch and sentence-transformers: only once tuning starts
@@ -85,14 +135,37 @@ def tune_index(
     out = Path(output_dir).expanduser() if output_dir is not None else default_output_dir(index, mode)
     if out.is_dir() and any(out.iterdir()):
         raise TuningError(f"{out} exists and is not empty; pass another output_dir= for the tuned model")
+    fit, held_out = gate_queries(train, eval_dataset, config.val_fraction, config.seed) if gate else (train, None)
     nodes = table_nodes(index.table)
     stored = {n.node_id: n.embedding for n in nodes} if mode == "query" else None
-    result = EmbeddingFinetuner(config).fit(train, out, nodes, stored_vectors=stored)  # type: ignore[arg-type]
+    trained = EmbeddingFinetuner(config).fit(fit, out, nodes, stored_vectors=stored)  # type: ignore[arg-type]
     tuned_name = str(out.resolve())
     tuned = load_embed_model(tuned_name)
+    rows = reembedded_rows(index.table, tuned) if mode == "full" else None
+    verdict = UNGATED
+    if gate is not None and held_out is not None:
+        if rows is None:
+            verdict = gate.verdict(index, LanceDBIndex(index.table, index.embed_model, tuned), held_out)
+        else:
+            with _scratch_index(rows, tuned) as candidate:
+                verdict = gate.verdict(index, candidate, held_out)
+    result = TuneResult(
+        model_path=trained.model_path,
+        promoted=verdict.promoted,
+        reason=verdict.reason,
+        version=index.table.version,
+        serving=verdict.serving,
+        tuned=verdict.tuned,
+        p_value=verdict.p_value,
+        metrics=trained.metrics,
+        train_seconds=trained.train_seconds,
+    )
+    if not verdict.promoted:
+        return index, result
+    names = EncoderNames(tuned_name, document_name if mode == "query" else tuned_name)  # type: ignore[arg-type]
+    query_name = encoder_name(index.query_model)
+    serving = EncoderNames(query_name, document_name) if query_name and document_name else None
+    result.version = promote(index.table, names, serving, verdict.figures(), rows)
     if mode == "query":
-        record_encoders(index.table, EncoderNames(tuned_name, document_name))  # type: ignore[arg-type]
         return LanceDBIndex(index.table, index.embed_model, tuned), result
-    rewrite_vectors(index.table, tuned)
-    record_encoders(index.table, EncoderNames(tuned_name, tuned_name))
     return LanceDBIndex(index.table, tuned), result

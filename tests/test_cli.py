@@ -22,6 +22,12 @@ def test_run_on_the_sample_writes_the_report_other_tools_read(tmp_path, capsys):
     assert report["dataset"]["path"].endswith("sample_qa.csv") and report["tuned_model"].endswith("model")
     assert report["dataset"]["n_corpus"] == 30 and report["dataset"]["n_nodes"] >= 30
     assert (report["dataset"]["n_train_queries"], report["dataset"]["n_test_queries"]) == (96, 24)
+    # The gate's fifth of the training queries is held out of training; its verdict is reported either way.
+    assert report["dataset"]["n_gate_queries"] == 20 and isinstance(report["promoted"], bool)
+    promotion = report["promotion"]
+    assert promotion["reason"].startswith("promoted: " if report["promoted"] else "not promoted: ")
+    assert promotion["query_type"] == "hybrid" and promotion["n"] == 20 and promotion["reason"] in printed
+    assert f"gate: {promotion['reason']}" in (out / "report.md").read_text()
     assert set(report["timings_s"]) >= {"finetune", "index", "evaluate", "total"}
     rows = report["results"]
     assert {(r["model"], r["query_type"]) for r in rows} == {(m, q) for m in ("baseline", "tuned") for q in QUERY_TYPES}

@@ -69,12 +69,12 @@ for line in sys.stdin:
 
 
 class Zygote:
-    """A process that forks ingest workers on request; `start` returns the worker's pid."""
+    """A process that forks workers on request (ingest workers, or the `job` of another `script`); `start` returns the worker's pid."""
 
-    def __init__(self) -> None:
+    def __init__(self, script: str = ZYGOTE) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+            [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
         assert self.proc.stdout.readline().strip() == "ready"
 
@@ -94,15 +94,15 @@ class Zygote:
         self.proc.wait(timeout=30)
 
 
-_shared: list[Zygote] = []
+_shared: dict[str, Zygote] = {}
 
 
-def shared_zygote() -> Zygote:
-    """One zygote per test session (its start costs an import of the whole stack), closed at exit."""
-    if not _shared:
-        _shared.append(Zygote())
-        atexit.register(_shared[0].close)
-    return _shared[0]
+def shared_zygote(script: str = ZYGOTE) -> Zygote:
+    """One zygote per script and test session (its start costs an import of the whole stack), closed at exit."""
+    if script not in _shared:
+        _shared[script] = Zygote(script)
+        atexit.register(_shared[script].close)
+    return _shared[script]
 
 
 @pytest.fixture
@@ -289,7 +289,10 @@ def fake_results(label: str) -> list[EvalResult]:
 
 @pytest.fixture
 def staged(monkeypatch, tmp_path):
-    """The pipeline with its two expensive stages replaced by recorders; `kill_at` interrupts one."""
+    """The pipeline with its two expensive stages replaced by recorders; `kill_at` interrupts one.
+
+    They make no tables, so runs on it pass --no-gate (the gate scores the tables).
+    """
     import llama_index_lancedb_tuning.pipeline as pipeline_module
 
     state = {"scored": [], "fits": [], "kill_at": None}
@@ -320,7 +323,7 @@ def staged(monkeypatch, tmp_path):
 
 def test_killed_run_restarts_where_it_stopped(staged, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["run", str(tmp_path / "qa.csv"), "--out", str(out), "--k", "3", "--quiet"]
+    argv = ["run", str(tmp_path / "qa.csv"), "--out", str(out), "--k", "3", "--quiet", "--no-gate"]
 
     staged["kill_at"] = "finetune"
     assert main(argv) == 130
@@ -348,7 +351,7 @@ def test_killed_run_restarts_where_it_stopped(staged, tmp_path, capsys):
 
 def test_torn_metrics_file_reruns_training_and_no_resume_is_passed_on(staged, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["run", str(tmp_path / "qa.csv"), "--out", str(out), "--k", "3", "--quiet", "--no-resume"]
+    argv = ["run", str(tmp_path / "qa.csv"), "--out", str(out), "--k", "3", "--quiet", "--no-resume", "--no-gate"]
     staged["kill_at"] = "tuned"
     assert main(argv) == 130
     assert staged["fits"] == [False]

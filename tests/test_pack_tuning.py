@@ -15,6 +15,7 @@ from llama_index_lancedb_tuning.pipeline import score_model
 
 TYPES = ["vector", "fts", "reranked_vector", "reranked_fts", "hybrid"]
 QUICK = {"epochs": 1, "eval_each_epoch": False, "refit": False}
+UNGATED = {"epochs": 1, "gate": False}  # these tests check what a promotion does; the gate has its own
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -50,7 +51,7 @@ def test_query_tuning_keeps_every_vector_and_reopens_the_pair(tmp_path, small_no
     pack = _pack(tmp_path, small_nodes, default_model_path)
     table = pack.get_modules()["table"]
     before = _stored(table)
-    result = pack.finetune(train, mode="query", epochs=1)
+    result = pack.finetune(train, mode="query", **UNGATED)
 
     assert _stored(table) == before  # ids, text, metadata and vectors bit for bit
     out = result.model_path
@@ -80,7 +81,7 @@ def test_query_tuning_keeps_every_vector_and_reopens_the_pair(tmp_path, small_no
 def test_add_after_query_tuning_embeds_with_the_document_encoder(tmp_path, small_nodes, split, embed_model):
     train, _ = split
     pack = _pack(tmp_path, small_nodes, embed_model.model_name)
-    pack.finetune(train, mode="query", epochs=1)
+    pack.finetune(train, mode="query", **UNGATED)
     text = "Quokkas photobomb tourists on Rottnest Island every summer."
     pack.add(nodes=[TextNode(id_="quokka", text=text)])
     row = pack.get_modules()["table"].search().where("id = 'quokka'").limit(1).to_list()[0]
@@ -90,13 +91,20 @@ def test_add_after_query_tuning_embeds_with_the_document_encoder(tmp_path, small
     assert reopened.query_encoder.model_name != reopened.document_encoder.model_name  # appends keep the recorded pair
 
 
-def test_full_tuning_reembeds_the_table_keeping_ids_text_and_metadata(tmp_path, small_nodes, split, default_model_path):
+def _answers(pack, dataset) -> list[list[str]]:
+    return [[hit.node.node_id for hit in pack.run(dataset.queries[q])] for q in dataset.query_ids]
+
+
+def test_full_tuning_reembeds_the_table_as_a_tagged_version_that_rollback_restores(
+    tmp_path, small_nodes, split, default_model_path
+):
     train, test = split
     pack = _pack(tmp_path, small_nodes, default_model_path)
     table = pack.get_modules()["table"]
-    before = _stored(table)
-    result = pack.finetune(train, mode="full", **QUICK)
+    before, version_before, answers_before = _stored(table), table.version, _answers(pack, test)
+    result = pack.finetune(train, mode="full", gate=False, **QUICK)
 
+    assert result.promoted and result.version == table.version > version_before and "gate=False" in result.reason
     after = _stored(table)
     assert set(after) == set(before)
     assert all(after[i][1:] == before[i][1:] for i in before)  # text and metadata unchanged
@@ -111,7 +119,39 @@ def test_full_tuning_reembeds_the_table_keeping_ids_text_and_metadata(tmp_path, 
     assert any("text" in (idx.columns or []) for idx in table.list_indices())
     names = recorded_encoders(table)
     assert names is not None and names.query_encoder == names.document_encoder == str(result.model_path.resolve())
-    assert len(pack.evaluate(test)) == 5
+    (promotion,) = pack.history()
+    assert (promotion.number, promotion.version, promotion.previous_version, promotion.mode, promotion.serving) == (
+        1, result.version, version_before, "full", True,
+    )  # fmt: skip
+    assert table.tags.list()["promotion-1"]["version"] == result.version
+
+    rolled_back = pack.rollback()
+    assert rolled_back > result.version and _stored(table) == before  # every vector back, bit for bit
+    assert pack.document_encoder.model_name == default_model_path and pack.query_encoder is pack.document_encoder
+    assert _answers(pack, test) == answers_before
+    assert recorded_encoders(table) is None  # as before the promotion: the table recorded no pair then
+    assert [p.serving for p in pack.history()] == [False]
+    with pytest.raises(TuningError, match="serves no promotion to roll back"):
+        pack.rollback()
+
+
+def test_the_gate_refuses_a_harmful_tune_and_changes_nothing(tmp_path, small_nodes, split, default_model_path):
+    train, test = split
+    ids = train.query_ids  # data_qa asks two questions of each context in a row: move labels 7 queries on
+    shuffled = QADataset(train.queries, train.corpus, dict(zip(ids, [train.relevant_docs[q] for q in ids[7:] + ids[:7]])))
+    pack = _pack(tmp_path, small_nodes, default_model_path, query_type="vector")
+    table = pack.get_modules()["table"]
+    before, version, answers, encoder = _stored(table), table.version, _answers(pack, test), pack.query_encoder
+    result = pack.finetune(
+        shuffled, mode="full", eval_dataset=test, epochs=2, learning_rate=5e-4, batch_size=4, eval_each_epoch=False
+    )
+
+    assert not result.promoted and result.reason.startswith("not promoted: vector hit@5 on 10 validation queries")
+    assert result.tuned.hit_rate < result.serving.hit_rate and result.serving.n == len(test)
+    assert result.version == version == table.version and _stored(table) == before
+    assert pack.query_encoder is encoder and _answers(pack, test) == answers
+    assert (result.model_path / "metrics.json").exists()  # the refused model is still saved
+    assert pack.history() == [] and recorded_encoders(table) is None
 
 
 def test_bad_tuning_requests_are_refused_before_training(tmp_path, small_nodes, split, default_model_path):
@@ -140,7 +180,7 @@ def test_a_llamaindex_written_table_opens_evaluates_and_query_tunes(tmp_path, sm
     baseline = pack.evaluate(test)
     assert [r.query_type for r in baseline] == TYPES and baseline[0].hit_rate > 0.5 and baseline[1].hit_rate > 0
 
-    pack.finetune(train, mode="query", epochs=1)
+    pack.finetune(train, mode="query", **UNGATED)
     assert _stored(pack.get_modules()["table"]) == before
     assert [r.n for r in pack.evaluate(test)] == [len(test)] * 5
 
@@ -155,4 +195,4 @@ def test_a_dataset_over_other_documents_is_refused(tmp_path, small_nodes, defaul
     pack = _pack(tmp_path, small_nodes, default_model_path)
     stranger = QADataset({"q": "what?"}, {"elsewhere": "text"}, {"q": ["elsewhere"]})
     with pytest.raises(TuningError, match="absent from the corpus"):
-        pack.finetune(stranger, mode="query", epochs=1, val_fraction=0)
+        pack.finetune(stranger, mode="query", epochs=1, val_fraction=0, gate=False)

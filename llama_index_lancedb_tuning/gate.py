@@ -1,0 +1,106 @@
+"""The do-no-harm gate: a tuned model is promoted only when validation queries it never trained on
+show it is not worse than the model serving.
+
+The gate's queries are carved from the training queries before fine-tuning starts (or given
+apart), so they reach neither the training, nor the choice of the best epoch, nor the refit
+on every training query: `refit` and epoch selection keep working on the rest, and the verdict
+is not flattered by queries the tuned model has seen. Both models are scored on them through
+the table with the same retriever (`Scorer`), the one that answers the users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .dataset import QADataset
+from .errors import TuningError
+from .metrics import EvalResult, mcnemar_p
+from .wording import counted
+
+if TYPE_CHECKING:
+    from .index import LanceDBIndex
+
+SIGNIFICANCE = 0.05
+
+
+def gate_queries(train: QADataset, eval_dataset: QADataset | None, fraction: float, seed: int) -> tuple[QADataset, QADataset]:
+    """(queries to fine-tune on, the gate's validation queries): `eval_dataset` when given, else a
+    seeded `fraction` of `train` carved off before training."""
+    if eval_dataset is not None:
+        seen = {" ".join(t.split()) for t in train.queries.values()}
+        shared = sum(" ".join(t.split()) in seen for t in eval_dataset.queries.values())
+        if shared:
+            raise TuningError(
+                f"{counted(shared, 'gate query')} also appear among the training queries; "
+                "remove them from eval_dataset or from train"
+            )
+        return train, eval_dataset
+    if not 0 < fraction < 1:
+        raise TuningError(
+            "the gate needs validation queries the model never trains on; pass eval_dataset=, a val_fraction above 0, or gate=False"
+        )
+    return train.split(fraction, seed)
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """Whether a tuned model may replace the serving one, why in one line, and the figures behind it."""
+
+    promoted: bool
+    reason: str
+    serving: EvalResult | None = None
+    tuned: EvalResult | None = None
+    p_value: float | None = None
+
+    def figures(self) -> dict[str, Any]:
+        """The validation figures of both models, for a report or a version's record."""
+        if self.serving is None or self.tuned is None:
+            return {}
+        return {
+            "query_type": self.tuned.query_type,
+            "n": self.tuned.n,
+            "serving": {"hit_rate": self.serving.hit_rate, "mrr": self.serving.mrr, "ci95": list(self.serving.ci95)},
+            "tuned": {"hit_rate": self.tuned.hit_rate, "mrr": self.tuned.mrr, "ci95": list(self.tuned.ci95)},
+            "p_value": self.p_value,
+        }
+
+
+UNGATED = GateVerdict(True, "promoted without the gate (gate=False)")
+
+
+def judge(serving: EvalResult, tuned: EvalResult, k: int) -> GateVerdict:
+    """Promote when the tuned model's hit@k on the gate's queries is not below the serving model's and
+    McNemar's paired test does not find it worse.
+
+    With hit@k not below, the test cannot find it worse; it words a refusal: a significant loss,
+    or one the test cannot tell from chance, which the gate refuses all the same (do no harm).
+    """
+    before, after = np.array(serving.per_query), np.array(tuned.per_query)
+    p = round(mcnemar_p(before, after), 4)
+    delta = int((after > 0).sum() - (before > 0).sum())
+    change = f"{serving.hit_rate:.3f} -> {tuned.hit_rate:.3f} ({delta:+d} {'query' if abs(delta) == 1 else 'queries'}, McNemar p={p:.3f})"
+    where = f"{tuned.query_type} hit@{k} on {counted(tuned.n, 'validation query')}"
+    if delta >= 0:
+        return GateVerdict(True, f"promoted: {where} {change}", serving, tuned, p)
+    how = "significantly worse" if p < SIGNIFICANCE else "worse, though not significantly"
+    return GateVerdict(False, f"not promoted: {where} {change}: {how}; the serving model stays", serving, tuned, p)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The gate of one app: how it scores a table with its encoders, and at which k.
+
+    Args:
+        score: hit@k of an index on labeled queries with the retriever that answers the users.
+        k: the cut `score` uses.
+    """
+
+    score: Callable[[LanceDBIndex, QADataset], EvalResult]
+    k: int
+
+    def verdict(self, serving: LanceDBIndex, tuned: LanceDBIndex, queries: QADataset) -> GateVerdict:
+        return judge(self.score(serving, queries), self.score(tuned, queries), self.k)
