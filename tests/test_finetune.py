@@ -58,7 +58,7 @@ def test_the_default_recipe_trains_once_and_never_on_its_validation_queries(tmp_
     config = FinetuneConfig(batch_size=8, show_progress=False)
     result = EmbeddingFinetuner(config).fit(small_dataset, tmp_path / "model", small_nodes)
 
-    fit_ds, val_ds = small_dataset.split(config.val_fraction, config.seed)
+    fit_ds, _ = small_dataset.split(config.val_fraction, config.seed)
     assert len(spy_trainer) == 1 and spy_trainer[0]["epochs"] == 1
     assert spy_trainer[0]["anchors"] == set(fit_ds.queries.values())  # the validation fifth stays unseen
     assert "refit" not in result.metrics
