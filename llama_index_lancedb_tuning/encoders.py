@@ -18,7 +18,8 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field
 
-from .encoding import embed_texts
+from .config import Backend, EncoderBackend
+from .encoding import BACKEND_KEY, BACKENDS, embed_texts, resolve_backend
 from .store import update_vector_field_metadata, vector_field_metadata
 
 QUERY_ENCODER_KEY = "lancedb:tag:query_encoder"
@@ -52,6 +53,16 @@ def recorded_encoders(table: lancedb.table.Table) -> EncoderNames | None:
     if QUERY_ENCODER_KEY not in meta or DOCUMENT_ENCODER_KEY not in meta:
         return None
     return EncoderNames(meta[QUERY_ENCODER_KEY], meta[DOCUMENT_ENCODER_KEY])
+
+
+def table_backend(table: lancedb.table.Table, requested: Backend = "auto") -> EncoderBackend:
+    """The runtime that embeds the table's queries and new rows: `requested`, unless it is `auto`; then
+    the one recorded with the table, so that queries meet vectors of their own runtime, or `torch` for
+    a table that records none (LlamaIndex's `HuggingFaceEmbedding` or torch wrote it)."""
+    if requested != "auto":
+        return resolve_backend(requested)
+    recorded = vector_field_metadata(table).get(BACKEND_KEY, "torch")
+    return resolve_backend(recorded if recorded in BACKENDS else "torch")  # type: ignore[arg-type]
 
 
 def record_encoders(table: lancedb.table.Table, names: EncoderNames) -> None:

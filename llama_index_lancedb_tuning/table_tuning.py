@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from .config import FinetuneConfig, TuneMode
 from .dataset import QADataset
-from .encoders import EncoderNames, encoder_name, record_encoders
+from .encoders import EncoderNames, encoder_name, record_encoders, table_backend
 from .encoding import load_embed_model
 from .errors import TuningError
 from .index import LanceDBIndex
@@ -89,7 +89,7 @@ def tune_index(
     stored = {n.node_id: n.embedding for n in nodes} if mode == "query" else None
     result = EmbeddingFinetuner(config).fit(train, out, nodes, stored_vectors=stored)  # type: ignore[arg-type]
     tuned_name = str(out.resolve())
-    tuned = load_embed_model(tuned_name)
+    tuned = load_embed_model(tuned_name, backend=table_backend(index.table))  # the runtime of the table's vectors
     if mode == "query":
         record_encoders(index.table, EncoderNames(tuned_name, document_name))  # type: ignore[arg-type]
         return LanceDBIndex(index.table, index.embed_model, tuned), result
