@@ -383,7 +383,7 @@ def main() -> None:
             out["ingest_speedup"] = by_backend[default_backend]["speedup"]
             out["ingest_backend"] = default_backend
             out["encode_limit"] = {"backend": default_backend, "texts_per_s_by_batch": rates, "best_batch": best_batch}
-            out["encode_limit_ratio"] = round(by_backend[default_backend]["nodes_per_s"] / rates[best_batch], 2)
+            out["encode_limit_ratio"] = round(len(many) / ours_s[default_backend] / rates[best_batch], 2)
             log(f"ingest by backend: {by_backend}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

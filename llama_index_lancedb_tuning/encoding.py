@@ -2,8 +2,8 @@
 encoding of long text lists.
 
 The default runtime, `auto`, is int8 ONNX Runtime on a CPU and torch where CUDA is: on CPUs
-without AVX-512 or VNNI there is no faster fp32 path, and int8 weights encode MiniLM about 1.5x
-faster at no measurable hit-rate cost (BENCHMARKS.md). A table records the runtime that made
+without AVX-512 or VNNI there is no faster fp32 path, and int8 weights encode MiniLM 1.4–1.8×
+as fast as torch at no measurable hit-rate cost (BENCHMARKS.md). A table records the runtime that made
 its vectors, so that its queries are embedded by the same one.
 
 On a CPU, a small encoder such as MiniLM uses its cores better as several single-threaded

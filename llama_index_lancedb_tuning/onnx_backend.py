@@ -162,6 +162,11 @@ class OnnxEmbedding(BaseEmbedding):
         return "OnnxEmbedding"
 
     @property
+    def tokenizer(self) -> Any:
+        """The model's own tokenizer (what documents are chunked with)."""
+        return self._tokenizer
+
+    @property
     def replica_pool(self) -> ReplicaPool:
         """The parallel copies `embed_texts` keeps for this encoder."""
         return self._replicas
