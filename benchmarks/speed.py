@@ -2,21 +2,27 @@
 
 Three comparisons, each reported as a ratio (anchor seconds / our seconds):
 
-- training: `EmbeddingFinetuner` vs llama-index-finetuning's `SentenceTransformersFinetuneEngine`
-  on the same (query, passage) pairs, same base model, epochs and batch size; both models are
-  scored on the same held-out queries (vector hit@k, same index procedure). The engine runs
-  in a subprocess of `.venv-bench` (llama-index-finetuning would downgrade packages this
-  project needs, so it lives in its own venv, built by benchmarks/anchor_env.sh).
+- training: llama-index-finetuning's `SentenceTransformersFinetuneEngine` on the (query, passage)
+  pairs of the fit queries (`--epochs`, `--batch-size`, validation set as ours) against
+  `EmbeddingFinetuner` run with the recipe `lancedb-tune run` uses by default (`default`:
+  `RunConfig()`'s fine-tuning settings and tuning mode, untouched) and with two variants on the
+  anchor's settings (`no_epoch_eval`, `freeze_passages`). Every model is scored on the same
+  held-out queries (vector hit@k, same index procedure, the default encoder backend). The engine
+  runs in a subprocess of `.venv-bench` (llama-index-finetuning would downgrade packages this
+  project needs, so it lives in its own venv); a missing one is built with benchmarks/anchor_env.sh.
 - evaluation: `evaluate_retrievers` (batched) vs a loop of LlamaIndex's `RetrieverEvaluator`
   (hit_rate, mrr) over the same retrievers and queries; hit-rates must agree.
-- ingest: `LanceDBIndex.build` with each encoder backend (torch, ONNX Runtime fp32 and int8;
-  the int8 one's held-out hit@k is reported beside) vs `VectorStoreIndex` over a
-  `LanceDBVectorStore` with a `HuggingFaceEmbedding`, on the data_qa nodes repeated with new ids.
+- ingest: `LanceDBIndex.build` with the default encoder backend and the others of `--backends`
+  (held-out hit@k of each beside) vs `VectorStoreIndex` over a `LanceDBVectorStore` with a
+  `HuggingFaceEmbedding`, on the data_qa nodes repeated with new ids; and the default backend's
+  ingest rate against its raw encoder's (`encode` alone on the same texts, best of a few batch sizes).
 
-    python benchmarks/speed.py [--epochs 4] [--ingest-copies 3] [--backends torch,onnx,onnx-int8] [--threads N]
+    python benchmarks/speed.py [--epochs 4] [--ingest-copies 3] [--backends torch,onnx] [--threads N] [--skip train]
 
-Prints, as its last line, one JSON object (train_speedup, eval_speedup, ingest_speedup,
-ours_hit5, anchor_hit5 and the details). Ratios are only meaningful within one run.
+Prints, as its last line, one JSON object: default_train_speedup and default_hit5 (the default
+recipe), anchor_hit5, train_speedup (the fastest variant at the anchor's hit@k or better),
+eval_speedup, ingest_speedup (the default backend), encode_limit_ratio, the load average at
+start and end, and the details. Ratios are only meaningful within one run.
 """
 
 from __future__ import annotations
@@ -26,13 +32,42 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_QA = ROOT.parent / "shared" / "data" / "data_qa.csv"
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+ENCODE_BATCHES = (8, 16, 32, 64)
+
+
+def ensure_anchor_env(log) -> None:
+    """Builds .venv-bench with benchmarks/anchor_env.sh unless the engine already imports there."""
+    probe = [str(BENCH_PYTHON), "-c", "import llama_index.finetuning"]
+    if BENCH_PYTHON.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return
+    log(f"{BENCH_PYTHON.parent.parent} missing or broken: building it with benchmarks/anchor_env.sh (several minutes of pip)")
+    subprocess.run(["bash", str(ROOT / "benchmarks" / "anchor_env.sh"), sys.executable], check=True)
+
+
+def raw_encode_rate(model, texts: list[str], batch_size: int) -> float:
+    """Texts per second through the model's own batched `encode`, one model, no replicas, nothing written."""
+    from llama_index_lancedb_tuning.onnx_backend import OnnxEmbedding
+
+    if isinstance(model, OnnxEmbedding):
+        encoder = OnnxEmbedding(model.model_name, model.int8, batch_size)
+        run = lambda: encoder.encode(texts)  # noqa: E731
+    else:
+        st = model._model
+        run = lambda: st.encode(  # noqa: E731
+            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+    start = time.perf_counter()
+    run()
+    return len(texts) / (time.perf_counter() - start)
 
 
 def anchor_train(train_json: str, val_json: str, out_dir: str, epochs: int, batch_size: int, model: str) -> None:
@@ -86,7 +121,7 @@ def main() -> None:
     parser.add_argument(
         "--backends",
         default="torch,onnx,onnx-int8",
-        help="our encoder backends to time for ingest (the first is the headline ingest_speedup)",
+        help="encoder backends timed for ingest beside the default one (which gives ingest_speedup and encode_limit_ratio)",
     )
     parser.add_argument("--skip", default="", help="comma list of sections to skip: train, eval, ingest")
     parser.add_argument(
@@ -107,12 +142,13 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from llama_index_lancedb_tuning import load_labeled_csv, resolve_model
-    from llama_index_lancedb_tuning.encoding import load_embed_model
+    from llama_index_lancedb_tuning.encoding import load_embed_model, resolve_backend
     from llama_index_lancedb_tuning.evaluate import evaluate_retriever, evaluate_retrievers
     from llama_index_lancedb_tuning.finetune import EmbeddingFinetuner, FinetuneConfig, source_nodes, training_pairs
     from llama_index_lancedb_tuning.index import LanceDBIndex
     from llama_index_lancedb_tuning.pipeline import RunConfig, build_nodes
     from llama_index_lancedb_tuning.rerank import hybrid_reranker, node_reranker
+    from llama_index_lancedb_tuning.store import table_nodes
 
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="speed-"))
@@ -128,10 +164,15 @@ def main() -> None:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "threads": torch.get_num_threads(),
+        "default_backend": resolve_backend("auto"),
+        "load_avg_start": [round(x, 2) for x in os.getloadavg()],
     }
 
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    if "train" not in skip:
+        ensure_anchor_env(log)
 
     def vector_hit(model_path: str, table: str, reuse_table: bool = False) -> float:
         index = (
@@ -177,10 +218,6 @@ def main() -> None:
             out["n_train_pairs"] = len(pairs)
             log(f"{len(pairs)} training pairs, {len(val_ds)} validation queries")
 
-            if not BENCH_PYTHON.exists():
-                raise SystemExit(
-                    f"{BENCH_PYTHON} missing: run `bash benchmarks/anchor_env.sh` to build it (pinned CPU torch first)"
-                )
             env = {**os.environ, "PYTHONWARNINGS": "ignore"}
             if args.threads:
                 env["OMP_NUM_THREADS"] = str(args.threads)
@@ -211,28 +248,52 @@ def main() -> None:
             out["anchor_hit5"] = vector_hit(str(anchor_dir), "anchor")
             log(f"anchor: {anchor_s}s (process {out['anchor_train_process_s']}s), hit@{args.k} {out['anchor_hit5']}")
 
-            # No refit: the anchor trains on the fit queries' pairs only, so ours does too (same pairs).
-            flags = {
-                "default": {"refit": False},
-                "no_epoch_eval": {"eval_each_epoch": False},
-                "freeze_passages": {"freeze_passages": True, "eval_each_epoch": False},
+            # default: what `lancedb-tune run` does with a labeled CSV, its recipe and tuning mode untouched
+            # (a query-side run trains against the baseline table's stored vectors, as the pipeline does).
+            # The variants take the anchor's epochs and batch size.
+            run_config = RunConfig()
+            query_side = run_config.tune == "query"
+            configs = {
+                "default": replace(run_config.finetune, show_progress=False, freeze_passages=query_side),
+                "no_epoch_eval": FinetuneConfig(
+                    epochs=args.epochs, batch_size=args.batch_size, show_progress=False, eval_each_epoch=False
+                ),
+                "freeze_passages": FinetuneConfig(
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    show_progress=False,
+                    freeze_passages=True,
+                    eval_each_epoch=False,
+                ),
+            }
+            out["default_recipe"] = {
+                "tune": run_config.tune,
+                **{
+                    f: getattr(configs["default"], f)
+                    for f in ("epochs", "batch_size", "learning_rate", "eval_each_epoch", "refit")
+                },
             }
             ours = {}
             for name in args.variants.split(","):
                 model_dir = work / f"ours_{name}"
-                config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, show_progress=False, **flags[name])
+                stored = None
+                if name == "default" and query_side:
+                    stored = {n.node_id: n.embedding for n in table_nodes(base_index.table)}
                 t = time.perf_counter()
-                EmbeddingFinetuner(config).fit(train, model_dir, nodes)
+                EmbeddingFinetuner(configs[name]).fit(train, model_dir, nodes, stored_vectors=stored)
                 seconds = round(time.perf_counter() - t, 2)
-                # freeze_passages tunes queries only: it is scored on the base model's table, not re-indexed.
+                # A query-side model is scored on the base model's table, not re-indexed.
                 hit = (
                     vector_hit(str(model_dir), "base", reuse_table=True)
-                    if name == "freeze_passages"
+                    if configs[name].freeze_passages
                     else vector_hit(str(model_dir), f"ours_{name}")
                 )
                 ours[name] = {"train_s": seconds, "hit5": hit, "speedup": round(anchor_s / seconds, 2)}
                 log(f"ours {name}: {seconds}s, hit@{args.k} {hit}, speedup {ours[name]['speedup']}x")
             out["ours_train"] = ours
+            if "default" in ours:
+                out["default_train_speedup"] = ours["default"]["speedup"]
+                out["default_hit5"] = ours["default"]["hit5"]
             # Headline: the fastest variant whose held-out hit@k is at least the anchor's (else the fastest).
             good = [n for n in ours if ours[n]["hit5"] >= out["anchor_hit5"]] or list(ours)
             best = min(good, key=lambda n: ours[n]["train_s"])
@@ -278,11 +339,13 @@ def main() -> None:
         # -- ingest -------------------------------------------------------------------
         if "ingest" not in skip:
             from llama_index.core import StorageContext, VectorStoreIndex
+            from llama_index.core.schema import MetadataMode
             from llama_index.embeddings.huggingface import HuggingFaceEmbedding
             from llama_index.vector_stores.lancedb import LanceDBVectorStore
 
             many = [n.model_copy(update={"id_": f"{n.node_id}-copy{c}"}) for c in range(args.ingest_copies) for n in nodes]
-            backends = args.backends.split(",")
+            default_backend = out["default_backend"]
+            backends = [default_backend] + [b for b in args.backends.split(",") if b and b != default_backend]
             ours_models = {b: load_embed_model(base, backend=b) for b in backends}  # ONNX exports happen here, untimed
             anchor_model = HuggingFaceEmbedding(model_name=base)
             ours_s = {}
@@ -296,9 +359,15 @@ def main() -> None:
             VectorStoreIndex(many, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=anchor_model)
             anchor_ingest_s = time.perf_counter() - t
             log(f"ingest {len(many)} nodes, anchor: {anchor_ingest_s:.1f}s")
+            # The limit: the default backend's own `encode` on the same texts (the distinct ones: the
+            # copies repeat them), one model, best of a few batch sizes.
+            texts = [n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+            rates = {b: round(raw_encode_rate(ours_models[default_backend], texts, b), 1) for b in ENCODE_BATCHES}
+            best_batch = max(rates, key=rates.__getitem__)
+            log(f"raw encode ({default_backend}), texts/s by batch size: {rates}")
             by_backend = {}
             for b in backends:
-                hit = out["base_hit5"] if b == "torch" else backend_quality(nodes, test, b, uri, args.k)
+                hit = out["base_hit5"] if b == default_backend else backend_quality(nodes, test, b, uri, args.k)
                 by_backend[b] = {
                     "s": round(ours_s[b], 2),
                     "nodes_per_s": round(len(many) / ours_s[b], 1),
@@ -311,11 +380,14 @@ def main() -> None:
                 "anchor_nodes_per_s": round(len(many) / anchor_ingest_s, 1),
                 "ours": by_backend,
             }
-            out["ingest_speedup"] = by_backend[backends[0]]["speedup"]
-            out["ingest_backend"] = backends[0]
+            out["ingest_speedup"] = by_backend[default_backend]["speedup"]
+            out["ingest_backend"] = default_backend
+            out["encode_limit"] = {"backend": default_backend, "texts_per_s_by_batch": rates, "best_batch": best_batch}
+            out["encode_limit_ratio"] = round(len(many) / ours_s[default_backend] / rates[best_batch], 2)
             log(f"ingest by backend: {by_backend}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    out["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(out))
 
 

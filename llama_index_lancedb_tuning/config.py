@@ -20,7 +20,9 @@ LossName = Literal["mnrl", "cached_mnrl", "gist"]
 PositiveChoice = Literal["best", "all"]
 PairsSource = Literal["labeled", "offline", "llm"]
 TuneMode = Literal["query", "full"]
-Backend = Literal["torch", "onnx", "onnx-int8"]
+EncoderBackend = Literal["torch", "onnx", "onnx-int8"]
+# auto: onnx-int8 on a CPU, torch where CUDA is (encoding.resolve_backend).
+Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
 HybridFusion = Literal["rrf", "linear"]
 RerankerKind = Literal["fusion", "cohere", "cross-encoder"]
 QueryType = Literal["vector", "fts", "reranked_vector", "reranked_fts", "hybrid"]
@@ -143,9 +145,9 @@ class SearchConfig:
         default=HYBRID_OVERFETCH, metadata={"help": "hybrid fuses hybrid_overfetch × k rows of each leg"}
     )
     backend: Backend = field(
-        default="torch",
+        default="auto",
         metadata={
-            "help": "encoder runtime for indexing and queries: torch, onnx (ONNX Runtime, same vectors), onnx-int8 (faster, slightly less exact; needs the [onnx] extra)",
+            "help": "encoder runtime for indexing and queries: auto (onnx-int8 on a CPU, torch on a GPU), torch, onnx (ONNX Runtime, the torch vectors), onnx-int8 (int8 weights: faster, vectors close to fp32)",
             "flag": "--backend",
         },
     )

@@ -26,7 +26,8 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field
 
-from .encoding import embed_texts
+from .config import Backend, EncoderBackend
+from .encoding import BACKEND_KEY, BACKENDS, embed_texts, resolve_backend
 from .store import sql_id_list, update_vector_field_metadata, vector_field_metadata
 
 QUERY_ENCODER_KEY = "lancedb:tag:query_encoder"
@@ -97,6 +98,16 @@ def record_pending(table: lancedb.table.Table, record: dict[str, str], probe_id:
 def record_encoders(table: lancedb.table.Table, names: EncoderNames, extra: dict[str, str] | None = None) -> None:
     """Record the pair with the table, with `extra` metadata keys, in one metadata-only commit (no row is rewritten)."""
     update_vector_field_metadata(table, {**encoder_keys(names), **(extra or {}), PENDING_KEY: None})
+
+
+def table_backend(table: lancedb.table.Table, requested: Backend = "auto") -> EncoderBackend:
+    """The runtime that embeds the table's queries and new rows: `requested`, unless it is `auto`; then
+    the one recorded with the table, so that queries meet vectors of their own runtime, or `torch` for
+    a table that records none (LlamaIndex's `HuggingFaceEmbedding` or torch wrote it)."""
+    if requested != "auto":
+        return resolve_backend(requested)
+    recorded = vector_field_metadata(table).get(BACKEND_KEY, "torch")
+    return resolve_backend(recorded if recorded in BACKENDS else "torch")  # type: ignore[arg-type]
 
 
 class EncoderPair(BaseEmbedding):

@@ -19,7 +19,7 @@ from llama_index.core.schema import BaseNode
 from llama_index.vector_stores.lancedb import LanceDBVectorStore
 
 from .config import HYBRID_OVERFETCH, QUERY_TYPES, RERANK_OVERFETCH, QueryType
-from .encoders import EncoderPair, recorded_encoders
+from .encoders import EncoderPair, recorded_encoders, table_backend
 from .encoding import load_embed_model
 from .errors import TuningError
 from .retrievers import LanceDBRetriever, RerankedRetriever
@@ -78,7 +78,8 @@ class LanceDBIndex:
 
         Args:
             nodes: the nodes to index; each keeps its id, source and metadata.
-            embed_model: a LlamaIndex embedding, a model path or hub id (default: the bundled MiniLM).
+            embed_model: a LlamaIndex embedding, a model path or hub id (default: the bundled MiniLM),
+                loaded with the `auto` backend; the table records the runtime for later queries.
             uri: a LanceDB directory, `s3://…`, `gs://…` or `db://…`.
             table_name: the table to write.
             mode: `create` (default) refuses an existing table; `append` adds to it; `overwrite` replaces it.
@@ -107,6 +108,7 @@ class LanceDBIndex:
         Args:
             embed_model: the model the table was built with (a LlamaIndex embedding, path or hub id);
                 None: the document encoder recorded with the table by tuning, else the bundled MiniLM.
+                A path or id loads in the runtime the table records (`encoders.table_backend`).
             uri: where the table lives.
             table_name: the table.
             storage_options: passed to LanceDB as is.
@@ -115,10 +117,11 @@ class LanceDBIndex:
         """
         table = open_table(connect(uri, storage_options), table_name)
         recorded = recorded_encoders(table) if embed_model is None else None
-        model = load_embed_model(embed_model if recorded is None else recorded.document_encoder)
+        backend = table_backend(table)  # the runtime its vectors were made with
+        model = load_embed_model(embed_model if recorded is None else recorded.document_encoder, backend=backend)
         if query_encoder is None and recorded is not None and recorded.query_encoder != recorded.document_encoder:
             query_encoder = recorded.query_encoder
-        queries = None if query_encoder is None else load_embed_model(query_encoder)
+        queries = None if query_encoder is None else load_embed_model(query_encoder, backend=backend)
         for role, m in (("model", model), ("query encoder", queries)):
             dim = None if m is None else len(m.get_query_embedding("dimension check"))
             if dim is not None and dim != vector_dim(table):

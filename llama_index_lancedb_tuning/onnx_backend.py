@@ -24,7 +24,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from .encoding import ReplicaPool, longest_first_batches
 from .errors import TuningError
-from .models import resolve_model
+from .models import resolve_model, transformers_bars_off
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_qint8_avx2.onnx"
@@ -59,7 +59,8 @@ def export_onnx(model: str | None = None, int8: bool = False, cache_dir: str | P
     out = _onnx_dir(Path(name), cache_dir)
     fp32, int8_path = out / FP32_FILE, out / INT8_FILE
     if not fp32.exists():
-        st = SentenceTransformer(name, device="cpu")
+        with transformers_bars_off():
+            st = SentenceTransformer(name, device="cpu")
         transformer: Any = st[0].auto_model  # typed loosely by sentence-transformers
         transformer.eval()
 
@@ -141,7 +142,7 @@ class OnnxEmbedding(BaseEmbedding):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise TuningError("the ONNX backend needs onnxruntime: pip install 'llama-index-lancedb-tuning[onnx]'") from None
+            raise TuningError("the ONNX backend needs ONNX Runtime: pip install onnxruntime onnx") from None
         from transformers import AutoTokenizer
 
         path = export_onnx(model_name, int8, cache_dir)
@@ -159,6 +160,11 @@ class OnnxEmbedding(BaseEmbedding):
     @classmethod
     def class_name(cls) -> str:
         return "OnnxEmbedding"
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's own tokenizer (what documents are chunked with)."""
+        return self._tokenizer
 
     @property
     def replica_pool(self) -> ReplicaPool:

@@ -50,7 +50,8 @@ except ImportError:
 def _document_nodes(
     documents: Sequence[Document], embed_model: BaseEmbedding, chunk_size: int, chunk_overlap: int, fix_glued_words: bool
 ) -> Sequence[BaseNode]:
-    tokenizer = getattr(getattr(embed_model, "_model", None), "tokenizer", None)
+    # sentence-transformers' model behind a HuggingFaceEmbedding, or an OnnxEmbedding's own.
+    tokenizer = getattr(getattr(embed_model, "_model", embed_model), "tokenizer", None)
     if tokenizer is None:
         raise TuningError("pass nodes= with this embed_model: documents are split with a sentence-transformers tokenizer")
     corpus = {d.doc_id: d.text for d in documents if d.text.strip()}

@@ -20,6 +20,7 @@ from .caveats import check_data_size, corpus_overlap_warnings, sample_size_warni
 from .chunking import chunk_corpus, model_tokenizer
 from .config import ChunkingConfig, RerankerSpec, RunConfig
 from .dataset import QADataset
+from .encoders import table_backend
 from .encoding import check_backend, load_embed_model
 from .errors import TuningError
 from .finetune import EmbeddingFinetuner
@@ -192,10 +193,9 @@ def tune_and_evaluate(
 
 
 def _baseline_index(uri: str, config: RunConfig) -> LanceDBIndex:
-    """The baseline table a finished baseline stage left, with the base model."""
-    return LanceDBIndex(
-        open_table(connect(uri), "baseline"), load_embed_model(config.finetune.base_model, backend=config.backend)
-    )
+    """The baseline table a finished baseline stage left, with the base model in the runtime of its vectors."""
+    table = open_table(connect(uri), "baseline")
+    return LanceDBIndex(table, load_embed_model(config.finetune.base_model, backend=table_backend(table, config.backend)))
 
 
 def _gate_verdict(uri: str, config: RunConfig, model_dir: str, queries: QADataset | None) -> GateVerdict:
@@ -257,7 +257,7 @@ def _tune_and_evaluate(
             baseline = score_model(base, "baseline", nodes, test, uri, "baseline", config, timings)
         else:
             t = time.perf_counter()
-            copy = source.copy_to(uri, "baseline", load_embed_model(base, backend=config.backend))
+            copy = source.copy_to(uri, "baseline", load_embed_model(base, backend=table_backend(source.table, config.backend)))
             timings["index"] = round(time.perf_counter() - t, 2)
             baseline = score_index(copy, "baseline", test, config, timings)
         save_results(out / "baseline_results.json", baseline)
@@ -282,7 +282,7 @@ def _tune_and_evaluate(
     else:  # the tuned query encoder searches the baseline table's vectors as they are
         timings["reembed"] = 0.0
         baseline_index = _baseline_index(uri, config)
-        query_encoder = load_embed_model(str(model_dir), backend=config.backend)
+        query_encoder = load_embed_model(str(model_dir), backend=table_backend(baseline_index.table, config.backend))
         tuned = score_index(
             LanceDBIndex(baseline_index.table, baseline_index.embed_model, query_encoder), "tuned", test, config, timings
         )

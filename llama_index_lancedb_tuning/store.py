@@ -26,7 +26,7 @@ from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, No
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 from tqdm.auto import tqdm
 
-from .encoding import embed_texts
+from .encoding import BACKEND_KEY, backend_of, embed_texts
 from .errors import TuningError
 from .retries import retry_commit_conflicts
 
@@ -39,12 +39,13 @@ _METADATA_FIELDS = ("_node_content", "_node_type", "doc_id", "document_id", "ref
 RESULT_COLUMNS = ("id", "doc_id", "text", "metadata", "vector")
 
 
-def table_schema(dim: int) -> pa.Schema:
+def table_schema(dim: int, backend: str | None = None) -> pa.Schema:
+    """Our layout; `backend` (the runtime that makes the vectors) is recorded in the vector column's metadata."""
     return pa.schema(
         [
             pa.field("id", pa.string()),
             pa.field("doc_id", pa.string()),
-            pa.field("vector", pa.list_(pa.float32(), dim)),
+            pa.field("vector", pa.list_(pa.float32(), dim), metadata=None if backend is None else {BACKEND_KEY: backend}),
             pa.field("text", pa.string()),
             pa.field("metadata", pa.struct([pa.field(k, pa.string()) for k in _METADATA_FIELDS])),
         ]
@@ -185,7 +186,9 @@ def write_nodes(
         embed_model,
         table,
         # append: another process may create the table first; then add to it rather than fail.
-        lambda dim: db.create_table(table_name, schema=table_schema(dim), mode=create_mode, exist_ok=mode == "append"),
+        lambda dim: db.create_table(
+            table_name, schema=table_schema(dim, backend_of(embed_model)), mode=create_mode, exist_ok=mode == "append"
+        ),
         batch_size,
         show_progress,
         total,
@@ -202,6 +205,8 @@ def append_nodes(
     total: int | None = None,
 ) -> lancedb.table.Table:
     """Embed and append in batches to `table` (or to the one `create(dim)` makes), then rebuild the FTS index."""
+    if table is not None:
+        check_same_backend(table, embed_model)
     written = 0
     # An explicit disable=False would override TQDM_DISABLE (the CLI's --quiet): only ever pass True.
     with tqdm(total=total, desc="index", unit="node", **({} if show_progress else {"disable": True})) as bar:
@@ -226,6 +231,16 @@ def append_nodes(
     ensure_fts_index(table, replace=True)
     logger.info("wrote %d nodes to %s", written, table.name)
     return table
+
+
+def check_same_backend(table: lancedb.table.Table, embed_model: BaseEmbedding) -> None:
+    """New vectors come from the runtime the table records (vectors of two runtimes differ slightly)."""
+    recorded, backend = vector_field_metadata(table).get(BACKEND_KEY), backend_of(embed_model)
+    if recorded is not None and backend is not None and recorded != backend:
+        raise TuningError(
+            f"table '{table.name}' holds vectors made with the {recorded} backend, not {backend}; "
+            f"load the model with backend='{recorded}' (LanceDBIndex.open does)"
+        )
 
 
 def ensure_fts_index(table: lancedb.table.Table, replace: bool = False) -> None:

@@ -25,7 +25,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from .config import FinetuneConfig, TuneMode
 from .dataset import QADataset
-from .encoders import EncoderNames, encoder_name
+from .encoders import EncoderNames, encoder_name, table_backend
 from .encoding import load_embed_model
 from .errors import TuningError
 from .gate import UNGATED, Gate, gate_queries
@@ -140,7 +140,7 @@ def tune_index(
     stored = {n.node_id: n.embedding for n in nodes} if mode == "query" else None
     trained = EmbeddingFinetuner(config).fit(fit, out, nodes, stored_vectors=stored)  # type: ignore[arg-type]
     tuned_name = str(out.resolve())
-    tuned = load_embed_model(tuned_name)
+    tuned = load_embed_model(tuned_name, backend=table_backend(index.table))  # the runtime of the table's vectors
     rows = reembedded_rows(index.table, tuned) if mode == "full" else None
     verdict = UNGATED
     if gate is not None and held_out is not None:

@@ -45,9 +45,10 @@ def default_model_path():
 
 @pytest.fixture(scope="session")
 def embed_model():
+    """The bundled MiniLM in torch: the reference the other runtimes are compared with."""
     from llama_index_lancedb_tuning import load_embed_model
 
-    return load_embed_model(None)
+    return load_embed_model(None, backend="torch")
 
 
 @pytest.fixture(scope="session")

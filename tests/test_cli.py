@@ -68,7 +68,7 @@ def test_backend_flag_reaches_the_run_config_and_bad_choices_exit_2(capsys):
 
     args = build_parser().parse_args(["evaluate", "--model", "m", "data.csv", "--out", "o", "--backend", "onnx-int8"])
     assert _run_config(args).backend == "onnx-int8"
-    assert _run_config(build_parser().parse_args(["run", "data.csv", "--out", "o"])).backend == "torch"
+    assert _run_config(build_parser().parse_args(["run", "data.csv", "--out", "o"])).backend == "auto"
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "data.csv", "--out", "o", "--backend", "tensorrt"])
     assert exit_info.value.code == 2 and "invalid choice: 'tensorrt'" in capsys.readouterr().err

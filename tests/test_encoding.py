@@ -1,14 +1,18 @@
-"""Texts to vectors: data-parallel replicas give the single model's vectors, on real data_qa chunks."""
+"""Texts to vectors: data-parallel replicas give the single model's vectors, on real data_qa chunks,
+and are sized to the cores other work leaves free."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from llama_index.core.embeddings import MockEmbedding
 
-from llama_index_lancedb_tuning.encoding import MAX_ENCODE_WORKERS, cpu_budget, embed_texts, encode_workers
+from llama_index_lancedb_tuning import encoding
+from llama_index_lancedb_tuning.encoding import MAX_ENCODE_WORKERS, busy_cores, embed_texts, replica_plan
 
 
 def test_replicas_give_the_single_models_vectors_in_input_order(embed_model, small_nodes):
@@ -29,9 +33,46 @@ def test_replicas_are_made_once_per_model_and_kept(embed_model, small_nodes):
     assert embed_model._replicas.encoders == made and len(made) == 2
 
 
-def test_worker_count_follows_list_length_and_cores():
-    assert encode_workers(10, 16) == 1  # too short to share
-    assert encode_workers(10_000, 16) == min(cpu_budget(), MAX_ENCODE_WORKERS)
+@pytest.mark.parametrize(
+    ("n_texts", "cores", "busy", "plan"),
+    [
+        (10_000, 2, 0.0, (2, 1)),  # idle: one single-threaded replica per core
+        (10_000, 2, 0.2, (2, 1)),  # a little background work leaves both cores free
+        (10_000, 2, 0.8, (1, 1)),  # a core taken: one model alone, at its own thread setting
+        (10_000, 2, 3.5, (1, 1)),  # more work than cores
+        (10, 2, 0.0, (1, 2)),  # too short to share
+        (100, 16, 0.0, (3, 5)),  # two batches of 16 per replica at least
+        (10_000, 16, 0.0, (MAX_ENCODE_WORKERS, 4)),  # more cores than replicas: threads inside each
+        (10_000, 16, 9.6, (MAX_ENCODE_WORKERS, 1)),  # only the free cores are shared out
+    ],
+)
+def test_replicas_are_sized_to_the_free_cores(n_texts, cores, busy, plan):
+    assert replica_plan(n_texts, 16, cores, busy) == plan
+
+
+def test_busy_cores_counts_other_processes_work_only(monkeypatch):
+    # Over one second of wall time the machine's cores did 1.5 s of work, 0.5 s of it ours.
+    machine = iter([SimpleNamespace(user=10.0, system=2.0, nice=4.0), SimpleNamespace(user=11.2, system=2.3, nice=9.0)])
+    own = iter([SimpleNamespace(user=1.0, system=0.0), SimpleNamespace(user=1.4, system=0.1)])
+    clock = iter([100.0, 101.0])
+    monkeypatch.setattr("psutil.cpu_times", lambda: next(machine))
+    monkeypatch.setattr("psutil.Process", lambda: SimpleNamespace(cpu_times=lambda: next(own)))
+    monkeypatch.setattr(encoding.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(encoding.time, "sleep", lambda _: None)
+    assert busy_cores() == pytest.approx(1.0)  # lower-priority (nice) work yields to ours: not counted
+
+
+@pytest.mark.parametrize(("busy", "replicas"), [(0.0, 2), (1.0, None)])
+def test_a_busy_machine_encodes_with_one_model(monkeypatch, embed_model, small_nodes, busy, replicas):
+    texts = [n.text for n in small_nodes[:96]]
+    expected = embed_texts(embed_model, texts, workers=1)
+    calls = []
+    parallel = encoding._parallel_encode
+    monkeypatch.setattr(encoding, "cpu_budget", lambda: 2)
+    monkeypatch.setattr(encoding, "busy_cores", lambda: busy)
+    monkeypatch.setattr(encoding, "_parallel_encode", lambda *a: calls.append(a[3]) or parallel(*a))
+    np.testing.assert_allclose(embed_texts(embed_model, texts), expected, atol=1e-5)
+    assert calls == ([] if replicas is None else [replicas])
 
 
 def test_other_embeddings_go_through_llamaindex_and_come_back_normalised():

@@ -1,12 +1,17 @@
-"""The ONNX Runtime encoder against the sentence-transformers one, on real data_qa chunks."""
+"""The ONNX Runtime encoder against the sentence-transformers one, on real data_qa chunks, and the
+`auto` backend: int8 on a CPU, torch on CUDA, and a table's queries in the runtime of its vectors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from llama_index.core.embeddings import MockEmbedding
+from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
 from llama_index_lancedb_tuning import LanceDBIndex, TuningError, load_embed_model
-from llama_index_lancedb_tuning.encoding import embed_queries, embed_texts
+from llama_index_lancedb_tuning.encoding import BACKEND_KEY, embed_queries, embed_texts, resolve_backend
+from llama_index_lancedb_tuning.store import vector_field_metadata
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +72,31 @@ def test_bad_backend_choices_are_one_line_errors(default_model_path):
         load_embed_model(default_model_path, backend="tensorrt")
     with pytest.raises(TuningError, match="needs a local model directory"):
         load_embed_model("BAAI/bge-small-en-v1.5", backend="onnx")
+
+
+@pytest.mark.parametrize(("cuda", "runtime"), [(False, "onnx-int8"), (True, "torch")])
+def test_auto_is_int8_on_a_cpu_and_torch_on_cuda(monkeypatch, cuda, runtime):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_backend("auto") == runtime
+    assert resolve_backend("onnx") == "onnx"
+
+
+def test_a_table_is_queried_in_the_runtime_of_its_vectors(
+    tmp_path, monkeypatch, onnx_cache, onnx_models, embed_model, default_model_path, small_nodes
+):
+    monkeypatch.setenv("LANCEDB_TUNE_CACHE", str(onnx_cache))  # the module's exports
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    uri, nodes = str(tmp_path), small_nodes[:20]
+    default = LanceDBIndex.build(nodes, default_model_path, uri, "default", show_progress=False)
+    assert vector_field_metadata(default.table)[BACKEND_KEY] == "onnx-int8"
+    reopened = LanceDBIndex.open(default_model_path, uri, "default").embed_model
+    assert reopened.int8 and reopened.model_name == default_model_path  # type: ignore[attr-defined]
+
+    LanceDBIndex.build(nodes, embed_model, uri, "torch", show_progress=False)  # auto would pick int8 here
+    assert isinstance(LanceDBIndex.open(default_model_path, uri, "torch").embed_model, HuggingFaceEmbedding)
+    with pytest.raises(TuningError, match="made with the torch backend, not onnx-int8; load the model with backend='torch'"):
+        LanceDBIndex.open(onnx_models[1], uri, "torch").add(nodes[:2])
+
+    # A table that records no runtime (LlamaIndex's HuggingFaceEmbedding wrote it, say) is torch's.
+    LanceDBIndex.build(nodes, MockEmbedding(embed_dim=384), uri, "foreign", show_progress=False)
+    assert isinstance(LanceDBIndex.open(default_model_path, uri, "foreign").embed_model, HuggingFaceEmbedding)
