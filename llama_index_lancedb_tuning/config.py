@@ -21,6 +21,7 @@ PositiveChoice = Literal["best", "all"]
 PairsSource = Literal["labeled", "offline", "llm"]
 TuneMode = Literal["query", "full"]
 Backend = Literal["torch", "onnx", "onnx-int8"]
+Engine = Literal["local", "ray"]
 HybridFusion = Literal["rrf", "linear"]
 RerankerKind = Literal["fusion", "cohere", "cross-encoder"]
 QueryType = Literal["vector", "fts", "reranked_vector", "reranked_fts", "hybrid"]
@@ -147,6 +148,14 @@ class SearchConfig:
         metadata={
             "help": "encoder runtime for indexing and queries: torch, onnx (ONNX Runtime, same vectors), onnx-int8 (faster, slightly less exact; needs the [onnx] extra)",
             "flag": "--backend",
+        },
+    )
+    engine: Engine = field(
+        default="local",
+        metadata={
+            "help": "who embeds and writes the tables: local (this process) or ray (Ray Data workers, written by lance-ray; "
+            "needs the [ray] extra)",
+            "flag": "--engine",
         },
     )
 
