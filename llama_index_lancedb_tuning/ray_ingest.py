@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,7 +136,10 @@ def ray_write_nodes(
     db = connect(uri, storage_options)
     existing = table_to_extend(db, table_name, mode)
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        with warnings.catch_warnings():
+            # Ray starts its processes with fork+exec, which lance's fork-safety warning does not concern.
+            warnings.filterwarnings("ignore", message="lance is not fork-safe")
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     if workers is None:
         resources = ray.cluster_resources()
         workers = (
