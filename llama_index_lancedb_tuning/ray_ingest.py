@@ -113,7 +113,8 @@ def ray_write_nodes(
         model: a model directory or hub id (None: the bundled MiniLM), or an embedding `load_embed_model` made
             (torch or ONNX), whose directory is loaded again in the same runtime: workers load the model
             themselves, so a directory must be readable on every node of the cluster.
-        uri: a LanceDB directory or object-store URI (`s3://…`, `gs://…`, `az://…`); not LanceDB Cloud.
+        uri: a LanceDB directory (on a cluster, one every machine mounts) or object-store URI (`s3://…`,
+            `gs://…`, `az://…`); not LanceDB Cloud.
         table_name: the table to write.
         mode: `create` refuses an existing table; `append` adds to it (same dimension only); `overwrite` replaces it.
         storage_options: object-store credentials and endpoints, for LanceDB and every writer alike.
@@ -137,8 +138,8 @@ def ray_write_nodes(
     existing = table_to_extend(db, table_name, mode)
     if not ray.is_initialized():
         with warnings.catch_warnings():
-            # Ray starts its processes with fork+exec, which lance's fork-safety warning does not concern.
-            warnings.filterwarnings("ignore", message="lance is not fork-safe")
+            # Ray starts its processes with fork+exec, which lance's and LanceDB's fork warnings do not concern.
+            warnings.filterwarnings("ignore", message="lance is not fork-safe|lancedb fork support")
             ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     if workers is None:
         resources = ray.cluster_resources()

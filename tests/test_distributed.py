@@ -9,6 +9,7 @@ from pathlib import Path
 
 from conftest import DATA_QA
 
+from llama_index_lancedb_tuning.cli import main
 from llama_index_lancedb_tuning.distributed import is_main_process, world_size
 from llama_index_lancedb_tuning.jsonfile import read_json
 
@@ -21,6 +22,13 @@ def test_rank_comes_from_the_launcher_environment(monkeypatch):
     assert (world_size(), is_main_process()) == (2, False)
     monkeypatch.setenv("RANK", "0")
     assert is_main_process()
+
+
+def test_the_cli_under_torchrun_points_to_a_training_script(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["evaluate", str(DATA_QA), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "EmbeddingFinetuner.fit" in err and "docs/scaling.md" in err
 
 
 def test_two_process_training_saves_one_model(tmp_path):

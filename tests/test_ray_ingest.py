@@ -7,6 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 from conftest import DATA_QA
+from test_object_store import BUCKET, s3  # noqa: F401  (the s3 fixture: moto's S3 server)
 
 from llama_index_lancedb_tuning import LanceDBIndex, TuningError
 from llama_index_lancedb_tuning.cli import main
@@ -44,14 +45,19 @@ def test_ray_table_equals_the_single_process_table(ray_cluster, tmp_path, small_
             assert got == [n.node.node_id for n in local_retriever.retrieve(query)], (query_type, query)
 
 
-def test_ray_appends_to_a_table_and_refuses_to_create_over_it(ray_cluster, tmp_path, small_nodes, embed_model):
-    uri = str(tmp_path / "db")
+def test_ray_appends_to_a_table_on_s3_and_refuses_to_create_over_it(ray_cluster, s3, small_nodes, embed_model):  # noqa: F811
+    client, options = s3
+    uri = f"s3://{BUCKET}/ray"
     first, rest = small_nodes[:10], small_nodes[10:20]
-    write_nodes(first, embed_model, connect(uri), show_progress=False)
+    write_nodes(first, embed_model, connect(uri, options), show_progress=False)
     with pytest.raises(TuningError, match="already exists.*mode='append'"):
-        LanceDBIndex.build(rest, None, uri=uri, engine="ray", show_progress=False)
-    index = LanceDBIndex.build(rest, None, uri=uri, mode="append", engine="ray", show_progress=False)
+        LanceDBIndex.build(rest, None, uri=uri, storage_options=options, engine="ray", show_progress=False)
+    index = LanceDBIndex.build(rest, None, uri=uri, mode="append", storage_options=options, engine="ray", show_progress=False)
     assert sorted(index.table.to_arrow().column("id").to_pylist()) == sorted(n.node_id for n in first + rest)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="ray/").get("Contents", [])]
+    assert any(k.startswith("ray/nodes.lance/data/") for k in keys), keys  # the workers wrote into the bucket
+    # The appended rows are searchable by text at once: the full-text index was rebuilt over them.
+    assert rest[3].node_id in [n.node.node_id for n in index.retriever("fts", 20).retrieve(rest[3].text)]
 
 
 def test_without_ray_the_option_says_how_to_install_it(monkeypatch, tmp_path, capsys, small_nodes):
