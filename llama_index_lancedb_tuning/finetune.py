@@ -29,7 +29,7 @@ from transformers import PrinterCallback
 from .chunking import SOURCE_ID_KEY
 from .config import FinetuneConfig, PositiveChoice
 from .dataset import QADataset
-from .distributed import cpu_launch, is_main_process, local_device, wait_for_everyone
+from .distributed import cpu_launch, is_main_process, local_device, wait_for_everyone, world_size
 from .errors import TuningError
 from .jsonfile import read_json, write_json
 from .losses import QueryOnlyLoss
@@ -129,14 +129,18 @@ class EmbeddingFinetuner:
 
     def _loss(self, model: SentenceTransformer):
         cfg = self.config
+        # Under torchrun each process sees only its own batch; gathered, every anchor is scored against
+        # the whole global batch's passages, as in one process.
+        gather = world_size() > 1
         if cfg.loss == "mnrl":
-            return MultipleNegativesRankingLoss(model)
+            return MultipleNegativesRankingLoss(model, gather_across_devices=gather)
         if cfg.loss == "cached_mnrl":
-            return CachedMultipleNegativesRankingLoss(model, mini_batch_size=16)
+            return CachedMultipleNegativesRankingLoss(model, mini_batch_size=16, gather_across_devices=gather)
         # gist (FinetuneConfig admits no other name): the frozen base model is the guide; it masks
         # in-batch "negatives" it already scores above the positive, which on a small corpus are
         # often other chunks of the same document.
-        return GISTEmbedLoss(model, guide=SentenceTransformer(resolve_model(cfg.base_model), device=str(model.device)))
+        guide = SentenceTransformer(resolve_model(cfg.base_model), device=str(model.device))
+        return GISTEmbedLoss(model, guide=guide, gather_across_devices=gather)
 
     def _with_hard_negatives(self, pairs: Dataset, by_source: dict[str, list[TextNode]], model: SentenceTransformer) -> Dataset:
         corpus = sorted({n.text for ns in by_source.values() for n in ns})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -156,6 +157,8 @@ def ray_write_nodes(
     block = math.ceil(len(nodes) / (4 * workers))
     from ray.data import ActorPoolStrategy, from_arrow
 
+    # TQDM_DISABLE is how the CLI's --quiet reaches every bar of the package; Ray Data's are not tqdm's.
+    show_progress = show_progress and not os.environ.get("TQDM_DISABLE")
     # Inside: a dataset takes Ray Data's settings as they are when it is made.
     with _quiet_unless(show_progress):
         dataset = from_arrow([rows.slice(start, block) for start in range(0, len(nodes), block)]).map_batches(
