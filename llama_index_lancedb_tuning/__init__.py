@@ -29,6 +29,7 @@ _EXPORTS = {
     "finetune": ["EmbeddingFinetuner", "FinetuneResult"],
     "encoding": ["embed_queries", "embed_texts", "load_embed_model"],
     "store": ["connect", "ensure_fts_index", "ensure_vector_index", "open_table", "write_nodes"],
+    "ray_ingest": ["ray_write_nodes"],
     "retrievers": ["LanceDBRetriever", "RerankedRetriever"],
     "shared_search": ["SharedSearch"],
     "index": ["QUERY_TYPES", "LanceDBIndex"],

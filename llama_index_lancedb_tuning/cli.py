@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -320,6 +321,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     config = _run_config(args)
     check_inputs(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TuningError(
+            "lancedb-tune runs as one process, not under torchrun or accelerate launch; launch a script that calls "
+            "EmbeddingFinetuner.fit instead (docs/scaling.md)"
+        )
+    if config.engine == "ray":
+        from .ray_ingest import check_ray
+
+        check_ray()
     from .caveats import check_data_size
     from .documents import load_documents
     from .labeled_csv import load_dataset
@@ -374,8 +384,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactSecrets) for f in handler.filters):
             handler.addFilter(RedactSecrets())
-    import os
-
     if getattr(args, "quiet", False):
         os.environ["TQDM_DISABLE"] = "1"
     try:

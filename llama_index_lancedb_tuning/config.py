@@ -23,6 +23,7 @@ TuneMode = Literal["query", "full"]
 EncoderBackend = Literal["torch", "onnx", "onnx-int8"]
 # auto: onnx-int8 on a CPU, torch where CUDA is (encoding.resolve_backend).
 Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
+Engine = Literal["local", "ray"]
 HybridFusion = Literal["rrf", "linear"]
 RerankerKind = Literal["fusion", "cohere", "cross-encoder"]
 QueryType = Literal["vector", "fts", "reranked_vector", "reranked_fts", "hybrid"]
@@ -149,6 +150,14 @@ class SearchConfig:
         metadata={
             "help": "encoder runtime for indexing and queries: auto (onnx-int8 on a CPU, torch on a GPU), torch, onnx (ONNX Runtime, the torch vectors), onnx-int8 (int8 weights: faster, vectors close to fp32)",
             "flag": "--backend",
+        },
+    )
+    engine: Engine = field(
+        default="local",
+        metadata={
+            "help": "who embeds and writes the tables: local (this process) or ray (Ray Data workers, written by lance-ray; "
+            "needs the [ray] extra)",
+            "flag": "--engine",
         },
     )
 

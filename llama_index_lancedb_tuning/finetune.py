@@ -29,6 +29,7 @@ from transformers import PrinterCallback
 from .chunking import SOURCE_ID_KEY
 from .config import FinetuneConfig, PositiveChoice
 from .dataset import QADataset
+from .distributed import cpu_launch, is_main_process, local_device, wait_for_everyone, world_size
 from .errors import TuningError
 from .jsonfile import read_json, write_json
 from .losses import QueryOnlyLoss
@@ -128,14 +129,18 @@ class EmbeddingFinetuner:
 
     def _loss(self, model: SentenceTransformer):
         cfg = self.config
+        # Under torchrun each process sees only its own batch; gathered, every anchor is scored against
+        # the whole global batch's passages, as in one process.
+        gather = world_size() > 1
         if cfg.loss == "mnrl":
-            return MultipleNegativesRankingLoss(model)
+            return MultipleNegativesRankingLoss(model, gather_across_devices=gather)
         if cfg.loss == "cached_mnrl":
-            return CachedMultipleNegativesRankingLoss(model, mini_batch_size=16)
+            return CachedMultipleNegativesRankingLoss(model, mini_batch_size=16, gather_across_devices=gather)
         # gist (FinetuneConfig admits no other name): the frozen base model is the guide; it masks
         # in-batch "negatives" it already scores above the positive, which on a small corpus are
         # often other chunks of the same document.
-        return GISTEmbedLoss(model, guide=SentenceTransformer(resolve_model(cfg.base_model), device=str(model.device)))
+        guide = SentenceTransformer(resolve_model(cfg.base_model), device=str(model.device))
+        return GISTEmbedLoss(model, guide=guide, gather_across_devices=gather)
 
     def _with_hard_negatives(self, pairs: Dataset, by_source: dict[str, list[TextNode]], model: SentenceTransformer) -> Dataset:
         corpus = sorted({n.text for ns in by_source.values() for n in ns})
@@ -198,7 +203,7 @@ class EmbeddingFinetuner:
         start = time.perf_counter()
         fit_ds, val_ds = train.split(cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (train, None)
         by_source = source_nodes(train, nodes)
-        model = SentenceTransformer(resolve_model(cfg.base_model))
+        model = SentenceTransformer(resolve_model(cfg.base_model), device=local_device())
         loss = QueryOnlyLoss.for_corpus(model, by_source, stored_vectors) if cfg.freeze_passages else None
         # Positives are picked by the base model for every training query at once, so a refit
         # reuses them; with frozen passages the loss's vectors serve, encoded only once.
@@ -236,24 +241,29 @@ class EmbeddingFinetuner:
             if loss is not None and val_ds is not None:
                 metrics["val_after"] = loss.validation_hits(val_ds, by_source, cfg.k)
             selection = {k: metrics[k] for k in ("val_before", "val_after", "best_checkpoint", "best_epoch") if k in metrics}
-            if will_refit:
+            if will_refit and is_main_process():
                 write_json(selection_path, selection, indent=2)  # a killed refit resumes without training this stage again
         metrics.update(selection)
 
         if will_refit:
-            if not keep_checkpoints:  # selection.json holds all the refit needs from them
+            wait_for_everyone()  # under torchrun, other ranks may still be loading the best checkpoint
+            if not keep_checkpoints and is_main_process():  # selection.json holds all the refit needs from them
                 _remove(output_dir, "checkpoints")
             # Validation queries are trained on from here: the val_* figures above describe the
             # selection model, not the refit one.
-            model = SentenceTransformer(resolve_model(cfg.base_model))
+            model = SentenceTransformer(resolve_model(cfg.base_model), device=local_device())
             self._train(model, all_pairs, None, None, output_dir / "refit_checkpoints", selection["best_epoch"], resume, "refit")
             metrics["refit"] = {"epochs": selection["best_epoch"], "n_train_pairs": len(all_pairs)}
         self._check_finite(model, output_dir)
-        model.save(str(output_dir))
         metrics["train_seconds"] = round(time.perf_counter() - start, 2)
-        write_json(output_dir / "metrics.json", metrics, indent=2)  # its presence marks training finished: never half-written
-        if not keep_checkpoints:
-            _remove(output_dir, *_RESUME_STATE)
+        # Under torchrun every rank holds the same weights: one writes, and none returns before the model is there.
+        wait_for_everyone()
+        if is_main_process():
+            model.save(str(output_dir))
+            write_json(output_dir / "metrics.json", metrics, indent=2)  # its presence marks training finished: never half-written
+            if not keep_checkpoints:
+                _remove(output_dir, *_RESUME_STATE)
+        wait_for_everyone()
         return FinetuneResult(output_dir, metrics, metrics["train_seconds"])
 
     def _check_finite(self, model: SentenceTransformer, output_dir: Path) -> None:
@@ -263,7 +273,8 @@ class EmbeddingFinetuner:
         if weights_finite and np.isfinite(probe).all():
             return
         # Resuming would only continue from the diverged weights.
-        _remove(output_dir, *_RESUME_STATE)
+        if is_main_process():
+            _remove(output_dir, *_RESUME_STATE)
         part = "embeddings" if weights_finite else "weights"
         raise TuningError(
             f"training diverged: the tuned model's {part} are not finite (NaN or inf) at learning rate "
@@ -301,6 +312,7 @@ class EmbeddingFinetuner:
             logging_steps=10,
             report_to="none",
             dataloader_pin_memory=model.device.type == "cuda",
+            use_cpu=cpu_launch(),
             disable_tqdm=True,  # the trainer's bar is unlabeled; _TrainingBar replaces it
         )
         # The model card's hub widget is otherwise sampled from the training set behind a progress bar.
@@ -313,7 +325,7 @@ class EmbeddingFinetuner:
             evaluator=evaluator,
         )
         trainer.remove_callback(PrinterCallback)  # it prints every metric dict on stdout
-        if cfg.show_progress:
+        if cfg.show_progress and is_main_process():
             trainer.add_callback(TrainingBar(label))
         args.warmup_steps = warmup_steps(len(trainer.get_train_dataloader()) * epochs, cfg.warmup_ratio)
         trainer.train(resume_from_checkpoint=newest_complete_checkpoint(checkpoint_dir) if resume else None)

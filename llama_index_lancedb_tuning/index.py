@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import lancedb
 from llama_index.core import VectorStoreIndex
@@ -18,7 +18,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode
 from llama_index.vector_stores.lancedb import LanceDBVectorStore
 
-from .config import HYBRID_OVERFETCH, QUERY_TYPES, RERANK_OVERFETCH, QueryType
+from .config import HYBRID_OVERFETCH, QUERY_TYPES, RERANK_OVERFETCH, Engine, QueryType
 from .encoders import EncoderPair, recorded_encoders, table_backend
 from .encoding import load_embed_model
 from .errors import TuningError
@@ -73,6 +73,7 @@ class LanceDBIndex:
         mode: TableMode = "create",
         storage_options: dict[str, str] | None = None,
         show_progress: bool = True,
+        engine: Engine = "local",
     ) -> LanceDBIndex:
         """Embed `nodes` into a new table (or, when asked, append to or replace one).
 
@@ -85,7 +86,16 @@ class LanceDBIndex:
             mode: `create` (default) refuses an existing table; `append` adds to it; `overwrite` replaces it.
             storage_options: passed to LanceDB as is (object-store credentials and endpoints).
             show_progress: a labeled progress bar.
+            engine: `local` embeds and writes in this process; `ray` on Ray Data workers, written by lance-ray
+                (`ray_ingest.ray_write_nodes`, the `[ray]` extra), into the same table.
         """
+        if engine not in get_args(Engine):
+            raise TuningError(f"unknown engine '{engine}'; use local or ray")
+        if engine == "ray":
+            from .ray_ingest import ray_write_nodes
+
+            table = ray_write_nodes(nodes, embed_model, uri, table_name, mode, storage_options, show_progress=show_progress)
+            return cls(table, load_embed_model(embed_model))
         model = load_embed_model(embed_model)
         db = connect(uri, storage_options)
         table = write_nodes(nodes, model, db, table_name, mode, show_progress=show_progress, total=len(nodes))

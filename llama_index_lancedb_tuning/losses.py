@@ -116,7 +116,9 @@ class QueryOnlyLoss(nn.Module):
     def validation_hits(self, dataset: QADataset, by_source: dict[str, list[TextNode]], k: int) -> dict:
         """hit@k of `dataset`'s queries against the frozen passages (a hit: any node of a relevant document)."""
         _, sources = self.node_texts(by_source)
-        q = self.model.encode([dataset.queries[i] for i in dataset.query_ids], normalize_embeddings=True, convert_to_tensor=True)
+        # Under torchrun the trainer swaps the DistributedDataParallel wrapper in as `self.model`; it has no `encode`.
+        model: SentenceTransformer = getattr(self.model, "module", self.model)
+        q = model.encode([dataset.queries[i] for i in dataset.query_ids], normalize_embeddings=True, convert_to_tensor=True)
         top = (q.to(self.passages.device) @ self.passages.T).topk(min(k, len(sources))).indices.tolist()
         hits = [any(sources[j] in dataset.relevant_docs[i] for j in row) for i, row in zip(dataset.query_ids, top)]
         return {f"val_frozen_hit@{k}": round(sum(hits) / max(len(hits), 1), 4)}

@@ -33,7 +33,12 @@ def score_model(
     """
     t = time.perf_counter()
     index = LanceDBIndex.build(
-        nodes, load_embed_model(model, backend=config.backend), uri=uri, table_name=table_name, mode="overwrite"
+        nodes,
+        load_embed_model(model, backend=config.backend),
+        uri=uri,
+        table_name=table_name,
+        mode="overwrite",
+        engine=config.engine,
     )
     timings[timing_key] = round(timings.get(timing_key, 0.0) + time.perf_counter() - t, 2)
     return score_index(index, label, test, config, timings)

@@ -60,23 +60,28 @@ def _rows(nodes: Sequence[BaseNode], vectors: np.ndarray, dim: int, schema: pa.S
             f"the table's columns ({', '.join(schema.names)}) are not the LlamaIndex LanceDB layout "
             f"({', '.join(table_schema(dim).names)}); write to a table this package or LanceDBVectorStore made"
         )
+    columns: dict[str, Any] = node_columns(nodes, schema)
+    columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
+    try:
+        return pa.Table.from_pydict({name: columns[name] for name in schema.names}, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise TuningError(f"the nodes' metadata does not fit the table's metadata columns: {exc}") from None
+
+
+def node_columns(nodes: Sequence[BaseNode], schema: pa.Schema) -> dict[str, list]:
+    """Every column but `vector`, as `schema`'s table stores these nodes (its metadata struct's keys filled)."""
     keys = [f.name for f in schema.field("metadata").type]
     metadata = []
     for node in nodes:
         meta = node_to_metadata_dict(node, remove_text=False, flat_metadata=False)
         # User metadata lives inside _node_content; a fixed struct keeps later appends valid.
         metadata.append({k: meta.get(k) for k in keys})
-    columns = {
+    return {
         "id": [n.node_id for n in nodes],
         "doc_id": [n.ref_doc_id or n.node_id for n in nodes],
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
         "text": [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes],
         "metadata": metadata,
     }
-    try:
-        return pa.Table.from_pydict({name: columns[name] for name in schema.names}, schema=schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise TuningError(f"the nodes' metadata does not fit the table's metadata columns: {exc}") from None
 
 
 def sql_id_list(ids: Iterable[str]) -> str:
@@ -171,15 +176,7 @@ def write_nodes(
         show_progress: a labeled progress bar.
         total: the number of nodes, for the bar.
     """
-    if mode not in ("create", "append", "overwrite"):
-        raise TuningError(f"unknown mode '{mode}'; use create, append or overwrite")
-    existing = existing_table(db, table_name)
-    if existing is not None and mode == "create":
-        raise TuningError(
-            f"table '{table_name}' already exists in {db.uri}; open it, or pass mode='append' to add nodes "
-            "or mode='overwrite' to replace it"
-        )
-    table = existing if mode == "append" else None
+    table = table_to_extend(db, table_name, mode)
     create_mode = "overwrite" if mode == "overwrite" else "create"
     return append_nodes(
         nodes,
@@ -193,6 +190,19 @@ def write_nodes(
         show_progress,
         total,
     )
+
+
+def table_to_extend(db: lancedb.DBConnection, table_name: str, mode: TableMode) -> lancedb.table.Table | None:
+    """The existing table a write in `mode` adds to (append only); refuses an unknown mode, or create over a table."""
+    if mode not in ("create", "append", "overwrite"):
+        raise TuningError(f"unknown mode '{mode}'; use create, append or overwrite")
+    existing = existing_table(db, table_name)
+    if existing is not None and mode == "create":
+        raise TuningError(
+            f"table '{table_name}' already exists in {db.uri}; open it, or pass mode='append' to add nodes "
+            "or mode='overwrite' to replace it"
+        )
+    return existing if mode == "append" else None
 
 
 def append_nodes(

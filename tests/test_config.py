@@ -41,6 +41,7 @@ def test_the_recipe_follows_the_source_of_pairs():
         (lambda: FinetuneConfig(positives="some"), "unknown positives 'some'"),
         (lambda: RunConfig(pairs="web"), "unknown pairs 'web'; use one of labeled, offline, llm"),
         (lambda: RunConfig(backend="tensorrt"), "unknown backend 'tensorrt'"),
+        (lambda: RunConfig(engine="spark"), "unknown engine 'spark'; use one of local, ray"),
         (lambda: RunConfig(hybrid="max"), "unknown hybrid 'max'; use one of rrf, linear"),
         (lambda: RunConfig(reranker="bm25"), "unknown reranker 'bm25'; use fusion, cohere[:MODEL] or cross-encoder:PATH"),
         (lambda: RunConfig(pairs="llm"), "pairs llm needs llm openai:MODEL or ollama:MODEL"),
