@@ -56,7 +56,7 @@ def test_fine_tuning_defaults_follow_the_source_of_pairs():
         config("--pairs", "offline"),
         config("--pairs", "offline", "--lr", "1e-4", "--epochs", "3"),
     )
-    assert (labeled.pairs, labeled.finetune.epochs, labeled.finetune.learning_rate) == ("labeled", 4, 1e-4)
+    assert (labeled.pairs, labeled.finetune.epochs, labeled.finetune.learning_rate) == ("labeled", 1, 1e-4)
     assert (offline.pairs, offline.finetune.epochs, offline.finetune.learning_rate) == ("offline", 2, 3e-5)
     assert (chosen.finetune.epochs, chosen.finetune.learning_rate) == (3, 1e-4)  # flags beat the defaults
     assert config("--queries", "q.csv").pairs == "offline"
