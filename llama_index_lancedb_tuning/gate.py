@@ -1,11 +1,12 @@
 """The do-no-harm gate: a tuned model is promoted only when validation queries it never trained on
 show it is not worse than the model serving.
 
-The gate's queries are carved from the training queries before fine-tuning starts (or given
-apart), so they reach neither the training, nor the choice of the best epoch, nor the refit
-on every training query: `refit` and epoch selection keep working on the rest, and the verdict
-is not flattered by queries the tuned model has seen. Both models are scored on them through
-the table with the same retriever (`Scorer`), the one that answers the users.
+The gate's queries are the fine-tuner's own validation carve when the recipe never trains on it
+(the default: one pass, no refit), so no second fifth of the training queries is lost; with
+`refit`, which trains on that carve too, they are carved apart before fine-tuning starts; or they
+are given apart (`eval_dataset`). Either way the verdict is not flattered by queries the tuned
+model has seen. Both models are scored on them through the table with the same retriever
+(`Scorer`), the one that answers the users.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .config import FinetuneConfig
 from .dataset import QADataset
 from .errors import TuningError
 from .metrics import EvalResult, mcnemar_p
@@ -27,9 +29,14 @@ if TYPE_CHECKING:
 SIGNIFICANCE = 0.05
 
 
-def gate_queries(train: QADataset, eval_dataset: QADataset | None, fraction: float, seed: int) -> tuple[QADataset, QADataset]:
-    """(queries to fine-tune on, the gate's validation queries): `eval_dataset` when given, else a
-    seeded `fraction` of `train` carved off before training."""
+def gate_queries(train: QADataset, eval_dataset: QADataset | None, recipe: FinetuneConfig) -> tuple[QADataset, QADataset]:
+    """(queries to hand the fine-tuner, the gate's validation queries): `eval_dataset` when given,
+    else the seeded `recipe.val_fraction` of `train` that the fine-tuner carves for validation.
+
+    Without a refit the fine-tuner never trains on that carve, so it gets all of `train` and
+    carves the same queries itself; a refit trains on them, so they are kept from it.
+    (With several epochs that carve also picks the best one: a choice, not training.)
+    """
     if eval_dataset is not None:
         seen = {" ".join(t.split()) for t in train.queries.values()}
         shared = sum(" ".join(t.split()) in seen for t in eval_dataset.queries.values())
@@ -39,11 +46,12 @@ def gate_queries(train: QADataset, eval_dataset: QADataset | None, fraction: flo
                 "remove them from eval_dataset or from train"
             )
         return train, eval_dataset
-    if not 0 < fraction < 1:
+    if not 0 < recipe.val_fraction < 1:
         raise TuningError(
             "the gate needs validation queries the model never trains on; pass eval_dataset=, a val_fraction above 0, or gate=False"
         )
-    return train.split(fraction, seed)
+    fit, held_out = train.split(recipe.val_fraction, recipe.seed)
+    return (fit, held_out) if recipe.refit else (train, held_out)
 
 
 @dataclass(frozen=True)

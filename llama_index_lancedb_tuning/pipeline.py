@@ -238,7 +238,7 @@ def _tune_and_evaluate(
     tuning = config.finetune
     # The gate needs the tables to index the training queries' documents: labeled pairs over the scored corpus.
     gated = config.gate and not node_level and eval_dataset is None and documents is None
-    fit, held_out = gate_queries(train, None, tuning.val_fraction, config.seed) if gated else (train, None)
+    fit, held_out = gate_queries(train, None, tuning) if gated else (train, None)
     n_val = math.ceil(tuning.val_fraction * len(fit)) if tuning.val_fraction > 0 else None
     # Eval data from another corpus is the point of eval data, not a mistake to warn about.
     mismatch = corpus_overlap_warnings(documents, dataset.corpus) if documents and eval_dataset is None else []

@@ -121,7 +121,7 @@ def tune_index(
         mode: `query` (the table is not rewritten) or `full` (the table is re-embedded).
         output_dir: where the tuned model goes; default beside a local table (required otherwise).
         gate: how to score both models on the gate's queries; None promotes without a gate.
-        eval_dataset: the gate's queries (None: a `val_fraction` of `train`, carved before training).
+        eval_dataset: the gate's queries (None: the `val_fraction` of `train` the fine-tuner never trains on).
         **overrides: `FinetuneConfig` fields (epochs, learning_rate, batch_size...).
     """
     from .finetune import EmbeddingFinetuner  # torch and sentence-transformers: only once tuning starts
@@ -135,7 +135,7 @@ def tune_index(
     out = Path(output_dir).expanduser() if output_dir is not None else default_output_dir(index, mode)
     if out.is_dir() and any(out.iterdir()):
         raise TuningError(f"{out} exists and is not empty; pass another output_dir= for the tuned model")
-    fit, held_out = gate_queries(train, eval_dataset, config.val_fraction, config.seed) if gate else (train, None)
+    fit, held_out = gate_queries(train, eval_dataset, config) if gate else (train, None)
     nodes = table_nodes(index.table)
     stored = {n.node_id: n.embedding for n in nodes} if mode == "query" else None
     trained = EmbeddingFinetuner(config).fit(fit, out, nodes, stored_vectors=stored)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""EmbeddingFinetuner on real data_qa slices: epoch selection on validation, then the refit on every training query."""
+"""EmbeddingFinetuner on real data_qa slices: the default single pass, epoch selection on validation, and the refit on every training query."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def spy_trainer(monkeypatch):
 def test_refit_trains_every_training_query_for_the_epochs_validation_picked(tmp_path, small_dataset, small_nodes, spy_trainer):
     from llama_index_lancedb_tuning import EmbeddingFinetuner, FinetuneConfig
 
-    config = FinetuneConfig(epochs=2, batch_size=8, show_progress=False)
+    config = FinetuneConfig(epochs=2, batch_size=8, refit=True, show_progress=False)
     result = EmbeddingFinetuner(config).fit(small_dataset, tmp_path / "model", small_nodes)
 
     fit_ds, val_ds = small_dataset.split(config.val_fraction, config.seed)
@@ -52,10 +52,23 @@ def test_refit_trains_every_training_query_for_the_epochs_validation_picked(tmp_
     assert saved["val_after"]["val_cosine_mrr@10"] >= saved["val_before"]["val_cosine_mrr@10"] - 1e-9  # best epoch kept
 
 
+def test_the_default_recipe_trains_once_and_never_on_its_validation_queries(tmp_path, small_dataset, small_nodes, spy_trainer):
+    from llama_index_lancedb_tuning import EmbeddingFinetuner, FinetuneConfig
+
+    config = FinetuneConfig(batch_size=8, show_progress=False)
+    result = EmbeddingFinetuner(config).fit(small_dataset, tmp_path / "model", small_nodes)
+
+    fit_ds, _ = small_dataset.split(config.val_fraction, config.seed)
+    assert len(spy_trainer) == 1 and spy_trainer[0]["epochs"] == 1
+    assert spy_trainer[0]["anchors"] == set(fit_ds.queries.values())  # the validation fifth stays unseen
+    assert "refit" not in result.metrics
+    assert {"val_before", "val_after"} <= result.metrics.keys()  # the base model and the saved one, on unseen queries
+
+
 def test_a_killed_refit_resumes_without_repeating_the_selection(tmp_path, small_dataset, small_nodes, spy_trainer):
     from llama_index_lancedb_tuning import EmbeddingFinetuner, FinetuneConfig
 
-    config = FinetuneConfig(epochs=1, batch_size=8, show_progress=False)
+    config = FinetuneConfig(epochs=1, batch_size=8, refit=True, show_progress=False)
     out = tmp_path / "model"
     out.mkdir()
     (out / "selection.json").write_text(json.dumps({"best_epoch": 1, "val_before": {}, "val_after": {}}))

@@ -202,11 +202,18 @@ def test_the_gate_promotes_only_when_validation_shows_no_loss():
 
 def test_the_gate_needs_queries_the_model_never_trains_on(small_dataset):
     from llama_index_lancedb_tuning import TuningError
+    from llama_index_lancedb_tuning.finetune import FinetuneConfig
     from llama_index_lancedb_tuning.gate import gate_queries
 
-    fit, held_out = gate_queries(small_dataset, None, 0.2, 42)
-    assert len(held_out) == 8 and not set(fit.queries) & set(held_out.queries)
+    # The default recipe never trains on its validation carve: the fine-tuner gets every query and
+    # carves the gate's queries itself.
+    given, held_out = gate_queries(small_dataset, None, FinetuneConfig())
+    assert len(held_out) == 8 and given is small_dataset
+    assert set(held_out.queries) == set(small_dataset.split(0.2, 42)[1].queries)
+    # A refit trains on that carve too: the gate's queries are kept from it.
+    fit, kept = gate_queries(small_dataset, None, FinetuneConfig(refit=True))
+    assert set(kept.queries) == set(held_out.queries) and not set(fit.queries) & set(kept.queries)
     with pytest.raises(TuningError, match="never trains on; pass eval_dataset=, a val_fraction above 0, or gate=False"):
-        gate_queries(small_dataset, None, 0.0, 42)
+        gate_queries(small_dataset, None, FinetuneConfig(val_fraction=0.0))
     with pytest.raises(TuningError, match="8 gate queries also appear among the training queries"):
-        gate_queries(small_dataset, held_out, 0.2, 42)
+        gate_queries(small_dataset, held_out, FinetuneConfig())
