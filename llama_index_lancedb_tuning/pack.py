@@ -251,9 +251,9 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             mode: `query` or `full`.
             output_dir: where the tuned model goes; default beside a local table.
             gate: False promotes the tuned model without scoring it.
-            eval_dataset: the gate's validation queries; None carves `val_fraction` of `train`
-                before training (the fine-tuning then carves its own epoch-selection queries
-                from the rest).
+            eval_dataset: the gate's validation queries; None: the `val_fraction` of `train` the
+                fine-tuning holds out for validation (carved apart before training when `refit`
+                would train on it).
             **overrides: `FinetuneConfig` fields (epochs, learning_rate, val_fraction...); bars are off
                 unless `show_progress=True`.
         """
