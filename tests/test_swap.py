@@ -123,8 +123,8 @@ def test_a_reader_sees_only_whole_states_while_another_process_promotes_and_roll
 
 
 def test_a_kill_at_any_point_of_a_promotion_leaves_the_old_or_the_new_state_whole(swapper, tmp_path):
-    t = time.perf_counter()
     serving_table(str(tmp_path / "calibrate"))
+    t = time.perf_counter()
     pid = swapper.start(uri=str(tmp_path / "calibrate"), steps=["b"])
     assert swapper.wait(pid) == 0
     full = time.perf_counter() - t
