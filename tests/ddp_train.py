@@ -23,5 +23,5 @@ train = QADataset(
     {d: t for d, t in full.corpus.items() if d in docs},
     {q: full.relevant_docs[q] for q in ids},
 )
-EmbeddingFinetuner(FinetuneConfig(epochs=1, batch_size=8, show_progress=False)).fit(train, out / "full")
+EmbeddingFinetuner(FinetuneConfig(epochs=1, batch_size=8, refit=True, show_progress=False)).fit(train, out / "full")
 EmbeddingFinetuner(FinetuneConfig(epochs=1, batch_size=8, show_progress=False, freeze_passages=True)).fit(train, out / "query")

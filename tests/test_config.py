@@ -29,7 +29,7 @@ def test_run_config_is_the_one_source_of_k_and_seed():
 
 
 def test_the_recipe_follows_the_source_of_pairs():
-    assert (RunConfig().finetune.epochs, RunConfig().finetune.learning_rate) == (4, 1e-4)
+    assert (RunConfig().finetune.epochs, RunConfig().finetune.learning_rate) == (1, 1e-4)
     generated = RunConfig(pairs="offline", k=8)
     assert (generated.finetune.epochs, generated.finetune.learning_rate, generated.finetune.k) == (2, 3e-5, 8)
 
