@@ -45,9 +45,11 @@ def test_evaluate_gives_the_numbers_the_cli_scores(tmp_path, small_nodes, small_
     assert all(r.n == len(small_dataset) for r in ours) and ours[0].hit_rate > 0.5
 
 
-def test_query_tuning_keeps_every_vector_and_reopens_the_pair(tmp_path, small_nodes, split, default_model_path):
+# The tests that compare stored vectors with fresh ones run torch: int8 activations are quantised per
+# batch, so an int8 vector depends slightly on the texts encoded beside it.
+def test_query_tuning_keeps_every_vector_and_reopens_the_pair(tmp_path, small_nodes, split, default_model_path, embed_model):
     train, test = split
-    pack = _pack(tmp_path, small_nodes, default_model_path)
+    pack = _pack(tmp_path, small_nodes, embed_model)
     table = pack.get_modules()["table"]
     before = _stored(table)
     result = pack.finetune(train, mode="query", epochs=1)
@@ -79,7 +81,7 @@ def test_query_tuning_keeps_every_vector_and_reopens_the_pair(tmp_path, small_no
 
 def test_add_after_query_tuning_embeds_with_the_document_encoder(tmp_path, small_nodes, split, embed_model):
     train, _ = split
-    pack = _pack(tmp_path, small_nodes, embed_model.model_name)
+    pack = _pack(tmp_path, small_nodes, embed_model)
     pack.finetune(train, mode="query", epochs=1)
     text = "Quokkas photobomb tourists on Rottnest Island every summer."
     pack.add(nodes=[TextNode(id_="quokka", text=text)])
@@ -90,9 +92,9 @@ def test_add_after_query_tuning_embeds_with_the_document_encoder(tmp_path, small
     assert reopened.query_encoder.model_name != reopened.document_encoder.model_name  # appends keep the recorded pair
 
 
-def test_full_tuning_reembeds_the_table_keeping_ids_text_and_metadata(tmp_path, small_nodes, split, default_model_path):
+def test_full_tuning_reembeds_the_table_keeping_ids_text_and_metadata(tmp_path, small_nodes, split, embed_model):
     train, test = split
-    pack = _pack(tmp_path, small_nodes, default_model_path)
+    pack = _pack(tmp_path, small_nodes, embed_model)
     table = pack.get_modules()["table"]
     before = _stored(table)
     result = pack.finetune(train, mode="full", **QUICK)
