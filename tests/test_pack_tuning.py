@@ -46,9 +46,11 @@ def test_evaluate_gives_the_numbers_the_cli_scores(tmp_path, small_nodes, small_
     assert all(r.n == len(small_dataset) for r in ours) and ours[0].hit_rate > 0.5
 
 
-def test_query_tuning_keeps_every_vector_and_reopens_the_pair(tmp_path, small_nodes, split, default_model_path):
+# The tests that compare stored vectors with fresh ones run torch: int8 activations are quantised per
+# batch, so an int8 vector depends slightly on the texts encoded beside it.
+def test_query_tuning_keeps_every_vector_and_reopens_the_pair(tmp_path, small_nodes, split, default_model_path, embed_model):
     train, test = split
-    pack = _pack(tmp_path, small_nodes, default_model_path)
+    pack = _pack(tmp_path, small_nodes, embed_model)
     table = pack.get_modules()["table"]
     before = _stored(table)
     result = pack.finetune(train, mode="query", **UNGATED)
@@ -80,7 +82,7 @@ def test_query_tuning_keeps_every_vector_and_reopens_the_pair(tmp_path, small_no
 
 def test_add_after_query_tuning_embeds_with_the_document_encoder(tmp_path, small_nodes, split, embed_model):
     train, _ = split
-    pack = _pack(tmp_path, small_nodes, embed_model.model_name)
+    pack = _pack(tmp_path, small_nodes, embed_model)
     pack.finetune(train, mode="query", **UNGATED)
     text = "Quokkas photobomb tourists on Rottnest Island every summer."
     pack.add(nodes=[TextNode(id_="quokka", text=text)])
@@ -95,11 +97,9 @@ def _answers(pack, dataset) -> list[list[str]]:
     return [[hit.node.node_id for hit in pack.run(dataset.queries[q])] for q in dataset.query_ids]
 
 
-def test_full_tuning_reembeds_the_table_as_a_tagged_version_that_rollback_restores(
-    tmp_path, small_nodes, split, default_model_path
-):
+def test_full_tuning_reembeds_the_table_as_a_tagged_version_that_rollback_restores(tmp_path, small_nodes, split, embed_model):
     train, test = split
-    pack = _pack(tmp_path, small_nodes, default_model_path)
+    pack = _pack(tmp_path, small_nodes, embed_model)
     table = pack.get_modules()["table"]
     before, version_before, answers_before = _stored(table), table.version, _answers(pack, test)
     result = pack.finetune(train, mode="full", gate=False, **QUICK)
@@ -127,7 +127,7 @@ def test_full_tuning_reembeds_the_table_as_a_tagged_version_that_rollback_restor
 
     rolled_back = pack.rollback()
     assert rolled_back > result.version and _stored(table) == before  # every vector back, bit for bit
-    assert pack.document_encoder.model_name == default_model_path and pack.query_encoder is pack.document_encoder
+    assert pack.document_encoder.model_name == embed_model.model_name and pack.query_encoder is pack.document_encoder
     assert _answers(pack, test) == answers_before
     assert recorded_encoders(table) is None  # as before the promotion: the table recorded no pair then
     assert [p.serving for p in pack.history()] == [False]
