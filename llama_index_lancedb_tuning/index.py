@@ -95,7 +95,8 @@ class LanceDBIndex:
             from .ray_ingest import ray_write_nodes
 
             table = ray_write_nodes(nodes, embed_model, uri, table_name, mode, storage_options, show_progress=show_progress)
-            return cls(table, load_embed_model(embed_model))
+            # Queries in the runtime the workers embedded with (recorded, else torch), not `auto`'s.
+            return cls(table, load_embed_model(embed_model, backend=table_backend(table)))
         model = load_embed_model(embed_model)
         db = connect(uri, storage_options)
         table = write_nodes(nodes, model, db, table_name, mode, show_progress=show_progress, total=len(nodes))
