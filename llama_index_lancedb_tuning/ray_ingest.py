@@ -198,16 +198,14 @@ def ray_write_nodes(
 
 def worker_model(model: str | BaseEmbedding | None) -> tuple[str, Backend]:
     """The model directory (or hub id) and runtime each worker loads for `model`."""
-    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-
-    from .onnx_backend import OnnxEmbedding
+    from .encoding import backend_of
 
     if model is None or isinstance(model, str):
         return resolve_model(model), "torch"
-    if isinstance(model, OnnxEmbedding):
-        return resolve_model(model.model_name), "onnx-int8" if model.int8 else "onnx"
-    if isinstance(model, HuggingFaceEmbedding) and model.model_name:
-        return resolve_model(model.model_name), "torch"
+    backend = backend_of(model)
+    name = getattr(model, "model_name", None)
+    if backend is not None and name:
+        return resolve_model(name), backend
     raise TuningError(
         f"engine 'ray' loads the model on every worker, which it cannot do for a {type(model).__name__}; "
         "pass the model's directory or hub id"
