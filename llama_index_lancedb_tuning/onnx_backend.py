@@ -176,9 +176,16 @@ class OnnxEmbedding(BaseEmbedding):
         return OnnxEmbedding(self.model_name, self.int8, self.embed_batch_size, self._cache_dir, threads)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """Normalised float32 vectors; texts run longest first so each batch pads little."""
+        """Normalised float32 vectors, each independent of the other texts.
+
+        fp32 runs longest-first batches, so each pads little. int8 runs one text at a time: dynamic
+        quantisation scales each activation tensor by its range over the whole batch, padding
+        included, so a batched text's vector would depend on its batch mates (cosine to the same
+        text alone down to 0.98 on data_qa) and a query served alone would not meet the vector it
+        was evaluated with. Alone is as fast for nodes (no padding) and slower only for short queries.
+        """
         vectors: list[np.ndarray] = [np.empty(0)] * len(texts)
-        for batch in longest_first_batches(texts, self.embed_batch_size):
+        for batch in longest_first_batches(texts, 1 if self.int8 else self.embed_batch_size):
             enc = self._tokenizer(
                 [texts[i] for i in batch], padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
             )

@@ -40,6 +40,18 @@ def test_fp32_gives_the_torch_vectors_and_int8_stays_close(onnx_models, embed_mo
     assert np.allclose(fp32.get_query_embedding(queries[0]), embed_queries(embed_model, queries[:1])[0], atol=1e-4)
 
 
+def test_a_vector_does_not_depend_on_the_other_texts_it_is_encoded_with(onnx_models, small_nodes, small_dataset):
+    queries = [small_dataset.queries[q] for q in small_dataset.query_ids[:12]]
+    texts = [n.text for n in small_nodes[:12]] + queries
+    for model in onnx_models:
+        together, reversed_order = embed_texts(model, texts), embed_texts(model, texts[::-1])[::-1]
+        alone = np.stack([embed_texts(model, [t])[0] for t in texts])
+        np.testing.assert_allclose(together, alone, atol=1e-6)
+        np.testing.assert_allclose(reversed_order, alone, atol=1e-6)
+        # What evaluation scores (a batch of queries) is what a served query gets (one at a time).
+        np.testing.assert_allclose(embed_queries(model, queries)[3], model.get_query_embedding(queries[3]), atol=1e-6)
+
+
 def test_parallel_onnx_replicas_give_the_same_vectors(onnx_models, small_nodes):
     texts = [n.text for n in small_nodes]
     for model in onnx_models:
