@@ -182,7 +182,12 @@ class FinetuneConfig:
     # fell after it: more epochs memorise the pairs and cost time.
     epochs: int = field(default=1, metadata={"help": "training epochs", "flag": "--epochs"})
     batch_size: int = field(
-        default=32, metadata={"help": "pairs per batch; the others in a batch are each pair's negatives", "flag": "--batch-size"}
+        default=32,
+        metadata={
+            "help": "pairs per batch (under torchrun, the global batch each process takes a share of); "
+            "the others in a batch are each pair's negatives",
+            "flag": "--batch-size",
+        },
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate", "flag": "--lr"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of the steps spent warming the learning rate up"})

@@ -186,8 +186,15 @@ class EmbeddingFinetuner:
                 model's encoding of the node texts (every node needs one).
 
         Raises:
-            TuningError: training diverged (non-finite weights or embeddings); nothing is marked finished.
+            TuningError: training diverged (non-finite weights or embeddings), nothing is marked finished;
+                or, under torchrun, batch_size does not split evenly over the processes.
         """
+        batch, processes = self.config.batch_size, world_size()
+        if batch % processes:
+            raise TuningError(
+                f"batch_size {batch} does not split evenly over {processes} processes; "
+                f"pick a multiple of {processes}, e.g. {batch - batch % processes or processes}"
+            )
         with transformers_bars_off():
             return self._fit(train, Path(output_dir), nodes, resume, stored_vectors)
 
@@ -293,11 +300,16 @@ class EmbeddingFinetuner:
         label: str,
     ) -> SentenceTransformerTrainer:
         cfg = self.config
+        processes = world_size()
         args = SentenceTransformerTrainingArguments(
             output_dir=str(checkpoint_dir),
             num_train_epochs=epochs,
             per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.batch_size,
+            # batch_size is the global batch: under torchrun the no-duplicates sampler forms each batch of
+            # batch_size pairs once and every process takes its share, so no pair's duplicate sits on
+            # another rank as a gathered negative and the steps are one process's steps.
+            accelerator_config={"split_batches": processes > 1},
             learning_rate=cfg.learning_rate,
             batch_sampler=BatchSamplers.NO_DUPLICATES,
             seed=cfg.seed,

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from conftest import DATA_QA
 
+import pytest
+
+from llama_index_lancedb_tuning import EmbeddingFinetuner, FinetuneConfig, TuningError, load_labeled_csv
 from llama_index_lancedb_tuning.cli import main
 from llama_index_lancedb_tuning.distributed import is_main_process, world_size
 from llama_index_lancedb_tuning.jsonfile import read_json
@@ -29,6 +32,14 @@ def test_the_cli_under_torchrun_points_to_a_training_script(monkeypatch, tmp_pat
     assert main(["evaluate", str(DATA_QA), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "EmbeddingFinetuner.fit" in err and "docs/scaling.md" in err
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_loading(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    finetuner = EmbeddingFinetuner(FinetuneConfig(batch_size=32, show_progress=False))
+    with pytest.raises(TuningError, match="batch_size 32 does not split evenly over 3 processes.*e.g. 30"):
+        finetuner.fit(load_labeled_csv(DATA_QA), tmp_path / "model")
+    assert not (tmp_path / "model").exists()
 
 
 def test_two_process_training_saves_one_model(tmp_path):
