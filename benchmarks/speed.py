@@ -144,11 +144,12 @@ def main() -> None:
     from llama_index_lancedb_tuning import load_labeled_csv, resolve_model
     from llama_index_lancedb_tuning.encoding import load_embed_model, resolve_backend
     from llama_index_lancedb_tuning.evaluate import evaluate_retriever, evaluate_retrievers
-    from llama_index_lancedb_tuning.finetune import EmbeddingFinetuner, FinetuneConfig, source_nodes, training_pairs
+    from llama_index_lancedb_tuning.finetune import EmbeddingFinetuner, FinetuneConfig
     from llama_index_lancedb_tuning.index import LanceDBIndex
     from llama_index_lancedb_tuning.pipeline import RunConfig, build_nodes
     from llama_index_lancedb_tuning.rerank import hybrid_reranker, node_reranker
     from llama_index_lancedb_tuning.store import table_nodes
+    from llama_index_lancedb_tuning.training_pairs import source_nodes, training_pairs
 
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="speed-"))

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--table-name", default=None, metavar="NAME", help="the table at --table to tune (default: none)")
     _add_common(run)
-    _add_fields(run, RunConfig, ["test_size", "seed", "pairs", "llm", "tune", "gate"])
+    _add_fields(run, RunConfig, ["test_size", "seed", "pairs", "llm", "tune", "adapt", "gate"])
     _add_fields(run, FinetuneConfig, recipe=True)
     run.add_argument(
         "--no-resume", action="store_true", help="do not continue from checkpoints left by a killed run (default: off)"

@@ -286,6 +286,14 @@ class RunConfig(SearchConfig, ChunkingConfig):
             "flag": "--tune",
         },
     )
+    adapt: bool = field(
+        default=True,
+        metadata={
+            "help": "with eval data over another corpus, also train on as many label-free pairs cut from that "
+            "corpus's documents (never its queries) as there are labeled pairs",
+            "flag": "--no-adapt",
+        },
+    )
     gate: bool = field(
         default=True,
         metadata={

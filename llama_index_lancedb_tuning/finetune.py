@@ -26,14 +26,14 @@ from sentence_transformers.sentence_transformer.training_args import BatchSample
 from sentence_transformers.util import mine_hard_negatives
 from transformers import PrinterCallback
 
-from .chunking import SOURCE_ID_KEY
-from .config import FinetuneConfig, PositiveChoice
+from .config import FinetuneConfig
 from .dataset import QADataset
 from .distributed import cpu_launch, is_main_process, local_device, wait_for_everyone, world_size
 from .errors import TuningError
 from .jsonfile import read_json, write_json
 from .losses import QueryOnlyLoss
 from .models import ENCODE_BATCH, resolve_model, transformers_bars_off
+from .training_pairs import source_nodes, training_pairs, with_adaptation_pairs
 from .training_progress import TrainingBar
 
 logger = logging.getLogger(__name__)
@@ -48,50 +48,6 @@ class FinetuneResult:
     model_path: Path
     metrics: dict = field(default_factory=dict)
     train_seconds: float = 0.0
-
-
-def source_nodes(dataset: QADataset, nodes: list[TextNode] | None) -> dict[str, list[TextNode]]:
-    """Nodes grouped by the corpus document they came from; one node per document when unchunked."""
-    if nodes is None:
-        nodes = [TextNode(id_=doc_id, text=text, metadata={SOURCE_ID_KEY: doc_id}) for doc_id, text in dataset.corpus.items()]
-    grouped: dict[str, list[TextNode]] = {}
-    for node in nodes:
-        grouped.setdefault(node.metadata.get(SOURCE_ID_KEY, node.ref_doc_id or node.node_id), []).append(node)
-    return grouped
-
-
-def training_pairs(
-    dataset: QADataset,
-    by_source: dict[str, list[TextNode]],
-    model: SentenceTransformer,
-    positives: PositiveChoice = "best",
-    passage_vectors: dict[str, np.ndarray] | None = None,
-) -> Dataset:
-    """(anchor, positive) pairs: per query, the node of its relevant document the model ranks first
-    (`best`), or every node of that document (`all`), which teaches the whole document's
-    neighbourhood rather than one passage.
-
-    `passage_vectors`: the model's normalised vectors by node text, when the caller has them.
-    """
-    anchors: list[str] = []
-    texts_out: list[str] = []
-    candidates = {q: [n for d in dataset.relevant_docs[q] for n in by_source.get(d, [])] for q in dataset.query_ids}
-    missing = [q for q, c in candidates.items() if not c]
-    if missing:
-        raise TuningError(f"{len(missing)} training queries point at documents absent from the corpus; fix relevant_docs")
-    query_emb = model.encode([dataset.queries[q] for q in dataset.query_ids], normalize_embeddings=True, convert_to_numpy=True)
-    text_emb = passage_vectors
-    if text_emb is None:
-        texts = sorted({n.text for c in candidates.values() for n in c})
-        text_emb = dict(
-            zip(texts, model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=ENCODE_BATCH))
-        )
-    for q, qe in zip(dataset.query_ids, query_emb):
-        chosen = candidates[q] if positives == "all" else [max(candidates[q], key=lambda n: float(text_emb[n.text] @ qe))]
-        for node in chosen:
-            anchors.append(dataset.queries[q])
-            texts_out.append(node.text)
-    return Dataset.from_dict({"anchor": anchors, "positive": texts_out})
 
 
 def ir_evaluator(dataset: QADataset, by_source: dict[str, list[TextNode]], k: int, name: str) -> InformationRetrievalEvaluator:
@@ -171,6 +127,7 @@ class EmbeddingFinetuner:
         nodes: list[TextNode] | None = None,
         resume: bool = False,
         stored_vectors: Mapping[str, Sequence[float]] | None = None,
+        adaptation: QADataset | None = None,
     ) -> FinetuneResult:
         """Fine-tune on `train` and save a sentence-transformers model plus `metrics.json` in `output_dir`.
 
@@ -184,6 +141,8 @@ class EmbeddingFinetuner:
             stored_vectors: node id -> the vector a table already holds for that node; with
                 `freeze_passages`, the query encoder is trained against these instead of the base
                 model's encoding of the node texts (every node needs one).
+            adaptation: generated pairs (one passage per query) from the corpus the model will serve,
+                when it is not `train`'s: as many as the fit pairs join them (never validated on).
 
         Raises:
             TuningError: training diverged (non-finite weights or embeddings), nothing is marked finished;
@@ -196,7 +155,7 @@ class EmbeddingFinetuner:
                 f"pick a multiple of {processes}, e.g. {batch - batch % processes or processes}"
             )
         with transformers_bars_off():
-            return self._fit(train, Path(output_dir), nodes, resume, stored_vectors)
+            return self._fit(train, Path(output_dir), nodes, resume, stored_vectors, adaptation)
 
     def _fit(
         self,
@@ -205,6 +164,7 @@ class EmbeddingFinetuner:
         nodes: list[TextNode] | None,
         resume: bool,
         stored_vectors: Mapping[str, Sequence[float]] | None,
+        adaptation: QADataset | None,
     ) -> FinetuneResult:
         cfg = self.config
         start = time.perf_counter()
@@ -223,8 +183,14 @@ class EmbeddingFinetuner:
             if val_ds is not None
             else all_pairs
         )
+        if adaptation is not None:
+            if cfg.freeze_passages:
+                raise TuningError("adaptation pairs need both sides tuned; their passages are not rows of a table")
+            pairs, n_adaptation = with_adaptation_pairs(pairs, adaptation, cfg.seed)
         evaluator = ir_evaluator(val_ds, by_source, cfg.k, "val") if val_ds is not None else None
         metrics: dict = {"config": asdict(cfg), "n_train_pairs": len(pairs), "n_val_queries": len(val_ds or [])}
+        if adaptation is not None:
+            metrics["n_adaptation_pairs"] = n_adaptation
         if loss is not None:
             pairs, evaluator = QueryOnlyLoss.label_pairs(pairs, by_source), None
         if evaluator is not None and cfg.eval_each_epoch:

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -129,6 +130,18 @@ def training_data(
     else:
         train = generate_llm_pairs(nodes, llm, pairs_path)
     return train, test, True
+
+
+def adaptation_pairs(out: Path, nodes: Sequence[BaseNode], seed: int) -> QADataset:
+    """Label-free pairs from the scored corpus's nodes, saved to `out/adaptation_pairs.json` once made."""
+    from .offline_pairs import generate_offline_pairs
+
+    path = out / "adaptation_pairs.json"
+    if path.exists():
+        return QADataset.from_json(path)
+    pairs = generate_offline_pairs(nodes, seed=seed)
+    pairs.save_json(path)
+    return pairs
 
 
 def tune_and_evaluate(
@@ -266,7 +279,9 @@ def _tune_and_evaluate(
     t = time.perf_counter()
     if read_json(model_dir / "metrics.json") is None:  # absent, or torn by a kill mid-write
         if config.tune == "full":
-            EmbeddingFinetuner(tuning).fit(fit, model_dir, train_nodes, resume=resume)  # type: ignore[arg-type]
+            adapting = config.adapt and eval_dataset is not None and not node_level
+            adaptation = adaptation_pairs(out, nodes, config.seed) if adapting else None
+            EmbeddingFinetuner(tuning).fit(fit, model_dir, train_nodes, resume=resume, adaptation=adaptation)  # type: ignore[arg-type]
         else:
             # Positives are the baseline table's own rows, so the frozen passages are its stored vectors;
             # generated pairs and another corpus's documents are not rows of it: the base model encodes them.
@@ -291,6 +306,7 @@ def _tune_and_evaluate(
     timings["total"] = round(time.perf_counter() - t0, 2)
 
     results = baseline + tuned
+    finetune_metrics = json.loads((model_dir / "metrics.json").read_text())
     report = {
         "k": config.k,
         "base_model": base or DEFAULT_MODEL,
@@ -308,9 +324,10 @@ def _tune_and_evaluate(
             "n_gate_queries": 0 if held_out is None else len(held_out),
             "n_test_queries": len(test),
             "pairs": config.pairs,
+            "n_adaptation_pairs": finetune_metrics.get("n_adaptation_pairs", 0),
         },
         "results": [r.to_dict() for r in results],
-        "finetune_metrics": json.loads((model_dir / "metrics.json").read_text()),
+        "finetune_metrics": finetune_metrics,
         "timings_s": timings,
         "warnings": warnings,
     }

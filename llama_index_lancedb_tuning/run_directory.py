@@ -125,6 +125,8 @@ def run_settings(
     """What a resumed run must share with the killed one: a digest of the data and the config."""
     cfg = asdict(config)
     cfg["finetune"].pop("show_progress", None)
+    if eval_dataset is None:  # `adapt` acts on eval data only: other runs keep the digest they had before it
+        cfg.pop("adapt", None)
     folds = [part.query_ids for part in split] if split else None
     parts = [dataset.to_dict(), documents, folds]
     if eval_dataset is not None:  # appended only when given, so runs without eval data keep the digest they had
@@ -140,6 +142,8 @@ def _data_line(data: dict) -> str:
     if not data["n_train_queries"]:
         return ""
     trained = counted(data["n_train_queries"], "training query" if data["pairs"] == "labeled" else "generated pair")
+    if data.get("n_adaptation_pairs"):
+        trained += f" + {counted(data['n_adaptation_pairs'], 'label-free pair')} from the scored corpus"
     scored = f"`{data['eval_path']}`" if data.get("eval_path") is not None else "held-out queries of the same data"
     return f"trained on `{data['path']}` ({trained}) · scored on {scored} ({counted(data['n_test_queries'], 'query')})\n\n"
 

@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import DATA_QA
-
 import pytest
+from conftest import DATA_QA
 
 from llama_index_lancedb_tuning import EmbeddingFinetuner, FinetuneConfig, TuningError, load_labeled_csv
 from llama_index_lancedb_tuning.cli import main

@@ -83,8 +83,39 @@ def test_cli_run_trains_on_one_file_and_scores_every_query_of_the_other(slice_fi
         (m, t) for m in ("baseline", "tuned") for t in ("vector", "fts", "reranked_vector", "reranked_fts", "hybrid")
     }
     assert all(key in report for key in ("k", "base_model", "tuned_model", "results", "timings_s"))
+    # As many label-free pairs as labeled ones, cut from the scored (Uber) corpus's nodes, saved as made.
+    adaptation = QADataset.from_json(out / "adaptation_pairs.json")
+    added = data["n_adaptation_pairs"]
+    assert added == report["finetune_metrics"]["n_adaptation_pairs"] > 0
+    assert added == min(len(adaptation), report["finetune_metrics"]["n_train_pairs"] - added)  # capped at the labeled pairs
+    assert not set(adaptation.queries.values()) & set(test.queries.values())
+    uber_nodes = {node.node_id for node in build_nodes(test.corpus, None, RunConfig())}
+    assert {entry.rpartition("#")[0] for entry in adaptation.corpus} <= uber_nodes
     md = (out / "report.md").read_text()
-    assert f"trained on `{train_path}` ({SLICE} training queries)" in md and f"scored on `{eval_path}` ({SLICE} queries)" in md
+    assert f"trained on `{train_path}` ({SLICE} training queries + {added} label-free pairs from the scored corpus)" in md
+    assert f"scored on `{eval_path}` ({SLICE} queries)" in md
+
+
+def test_adaptation_adds_an_equal_seeded_share_and_no_adapt_turns_it_off(uber):
+    from datasets import Dataset
+
+    from llama_index_lancedb_tuning.offline_pairs import generate_offline_pairs
+    from llama_index_lancedb_tuning.training_pairs import with_adaptation_pairs
+
+    generated = generate_offline_pairs(build_nodes(_slice(uber, SLICE).corpus, None, RunConfig()), seed=42)
+    labeled = Dataset.from_dict({"anchor": [f"q{i}" for i in range(5)], "positive": [f"p{i}" for i in range(5)]})
+    mixed, added = with_adaptation_pairs(labeled, generated, seed=42)
+    assert added == 5 and len(mixed) == 10 and mixed["anchor"][:5] == labeled["anchor"]
+    assert set(mixed["anchor"][5:]) <= set(generated.queries.values())
+    assert set(mixed["positive"][5:]) <= set(generated.corpus.values())
+    assert with_adaptation_pairs(labeled, generated, seed=42)[0]["anchor"] == mixed["anchor"]  # seeded
+    assert with_adaptation_pairs(labeled, generated, seed=7)[0]["anchor"] != mixed["anchor"]
+    from llama_index_lancedb_tuning.cli import build_parser
+
+    args = ["run", "data.json", "--eval-data", "eval.json", "--out", "out"]
+    assert build_parser().parse_args(args).adapt is None  # not given: RunConfig's default, on
+    assert build_parser().parse_args([*args, "--no-adapt"]).adapt is False
+    assert RunConfig().adapt
 
 
 def test_eval_queries_that_are_training_queries_are_refused_with_their_count(lyft, uber, tmp_path):

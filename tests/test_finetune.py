@@ -90,8 +90,8 @@ def test_given_passage_vectors_pick_the_same_positives(small_dataset, small_node
     from sentence_transformers import SentenceTransformer
 
     from llama_index_lancedb_tuning.chunking import SOURCE_ID_KEY
-    from llama_index_lancedb_tuning.finetune import source_nodes, training_pairs
     from llama_index_lancedb_tuning.losses import QueryOnlyLoss
+    from llama_index_lancedb_tuning.training_pairs import source_nodes, training_pairs
 
     model = SentenceTransformer(default_model_path)
     by_source = source_nodes(small_dataset, small_nodes)
