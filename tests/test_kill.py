@@ -303,7 +303,7 @@ def staged(monkeypatch, tmp_path):
         state["scored"].append(label)
         return fake_results(label)
 
-    def fit(self, train, output_dir, nodes=None, resume=False):
+    def fit(self, train, output_dir, nodes=None, resume=False, stored_vectors=None, adaptation=None):
         state["fits"].append(resume)
         if state["kill_at"] == "finetune":
             raise KeyboardInterrupt
