@@ -146,8 +146,11 @@ class EmbeddingFinetuner:
 
         Raises:
             TuningError: training diverged (non-finite weights or embeddings), nothing is marked finished;
-                or, under torchrun, batch_size does not split evenly over the processes.
+                under torchrun, batch_size does not split evenly over the processes; or adaptation pairs
+                were given with `freeze_passages`.
         """
+        if adaptation is not None and self.config.freeze_passages:
+            raise TuningError("adaptation pairs need both sides tuned; their passages are not rows of a table")
         batch, processes = self.config.batch_size, world_size()
         if batch % processes:
             raise TuningError(
@@ -184,8 +187,6 @@ class EmbeddingFinetuner:
             else all_pairs
         )
         if adaptation is not None:
-            if cfg.freeze_passages:
-                raise TuningError("adaptation pairs need both sides tuned; their passages are not rows of a table")
             pairs, n_adaptation = with_adaptation_pairs(pairs, adaptation, cfg.seed)
         evaluator = ir_evaluator(val_ds, by_source, cfg.k, "val") if val_ds is not None else None
         metrics: dict = {"config": asdict(cfg), "n_train_pairs": len(pairs), "n_val_queries": len(val_ds or [])}

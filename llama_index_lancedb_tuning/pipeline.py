@@ -116,7 +116,6 @@ def training_data(
         train, test = split or dataset.split(config.test_size, config.seed)
         return train, test, False
     from .llm_pairs import generate_llm_pairs, llm_from_spec
-    from .offline_pairs import generate_offline_pairs
 
     test = dataset if eval_dataset is None else eval_dataset
     pairs_path = out / "pairs.json"
@@ -124,19 +123,14 @@ def training_data(
         return QADataset.from_json(pairs_path), test, True
     nodes = corpus_nodes or build_nodes(documents or dataset.corpus, config.finetune.base_model, config)
     llm = llm_from_spec(config.llm or "offline") if config.pairs == "llm" else None
-    if llm is None:
-        train = generate_offline_pairs(nodes, seed=config.seed)
-        train.save_json(pairs_path)
-    else:
-        train = generate_llm_pairs(nodes, llm, pairs_path)
+    train = saved_offline_pairs(pairs_path, nodes, config.seed) if llm is None else generate_llm_pairs(nodes, llm, pairs_path)
     return train, test, True
 
 
-def adaptation_pairs(out: Path, nodes: Sequence[BaseNode], seed: int) -> QADataset:
-    """Label-free pairs from the scored corpus's nodes, saved to `out/adaptation_pairs.json` once made."""
+def saved_offline_pairs(path: Path, nodes: Sequence[BaseNode], seed: int) -> QADataset:
+    """Offline pairs from `nodes`, saved to `path` once made; a resumed run reads them back."""
     from .offline_pairs import generate_offline_pairs
 
-    path = out / "adaptation_pairs.json"
     if path.exists():
         return QADataset.from_json(path)
     pairs = generate_offline_pairs(nodes, seed=seed)
@@ -280,7 +274,7 @@ def _tune_and_evaluate(
     if read_json(model_dir / "metrics.json") is None:  # absent, or torn by a kill mid-write
         if config.tune == "full":
             adapting = config.adapt and eval_dataset is not None and not node_level
-            adaptation = adaptation_pairs(out, nodes, config.seed) if adapting else None
+            adaptation = saved_offline_pairs(out / "adaptation_pairs.json", nodes, config.seed) if adapting else None
             EmbeddingFinetuner(tuning).fit(fit, model_dir, train_nodes, resume=resume, adaptation=adaptation)  # type: ignore[arg-type]
         else:
             # Positives are the baseline table's own rows, so the frozen passages are its stored vectors;
