@@ -307,17 +307,37 @@ def scored_nodes(rows: list[dict[str, Any]], score_column: str) -> list[NodeWith
 
 
 def vector_search_many(
-    table: lancedb.table.Table, vectors: Sequence[np.ndarray], limit: int, nprobes: int, batch_size: int = 64
+    table: lancedb.table.Table,
+    vectors: Sequence[np.ndarray],
+    limit: int,
+    nprobes: int,
+    batch_size: int = 64,
+    share_nodes: bool = False,
 ) -> list[list[NodeWithScore]]:
-    """Top-`limit` rows per vector, one LanceDB query per batch of vectors (rows tagged with `query_index`)."""
+    """Top-`limit` rows per vector, one LanceDB query per batch of vectors (rows tagged with `query_index`).
+
+    `share_nodes`: a row found by several queries becomes one node object, read once (for
+    read-only use such as evaluation; otherwise each hit gets its own node, which a caller may change).
+    """
     out: list[list[NodeWithScore]] = [[] for _ in vectors]
     for start in range(0, len(vectors), batch_size):
         batch = [np.asarray(v, dtype=np.float32) for v in vectors[start : start + batch_size]]
         search: Any = table.search(batch if len(batch) > 1 else batch[0])  # a vector query builder
         rows = search.distance_type("cosine").nprobes(nprobes).select([*RESULT_COLUMNS, "_distance"]).limit(limit).to_arrow()
         positions = rows.column("query_index").to_pylist() if "query_index" in rows.column_names else [0] * rows.num_rows
-        for position, hit in zip(positions, scored_nodes(rows.to_pylist(), "_distance")):
-            out[start + position].append(hit)
+        if not share_nodes:
+            for position, hit in zip(positions, scored_nodes(rows.to_pylist(), "_distance")):
+                out[start + position].append(hit)
+            continue
+        ids = rows.column("id").to_pylist()
+        first: dict[str, int] = {}
+        for i, node_id in enumerate(ids):
+            first.setdefault(node_id, i)
+        # Converting rows (vectors above all) to Python dominates a batched search: each distinct row once.
+        nodes = {row["id"]: node_from_row(row) for row in rows.take(list(first.values())).to_pylist()}
+        similarities = 1.0 - rows.column("_distance").to_numpy()
+        for position, node_id, score in zip(positions, ids, similarities):
+            out[start + position].append(NodeWithScore(node=nodes[node_id], score=float(score)))
     return out
 
 

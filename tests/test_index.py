@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from lancedb.table import AsyncTable
 from llama_index.core.schema import TextNode
 
 from llama_index_lancedb_tuning import LanceDBIndex, TuningError, evaluate_retriever, hybrid_reranker, node_reranker
@@ -84,16 +85,14 @@ def test_shared_search_serves_every_query_type_with_lancedb_own_results(built, s
     known_bm25 = shared.bm25
     shared.bm25 = lambda q, ids: lookups.append(q) or known_bm25(q, ids)
     searches = []
-    table_search = type(index.table).search
-    type(index.table).search = lambda self, *a, **kw: (
-        searches.append(kw.get("query_type", "vector")) or table_search(self, *a, **kw)
-    )
+    async_query = AsyncTable.query  # every LanceDB query, the sync builders' included, starts here
+    AsyncTable.query = lambda self: searches.append(1) or async_query(self)
     try:
         shared.prefetch(queries, vectors, vector_limit=20, fts_limit=20)  # the reranked types' 4 × k
         prefetch_searches = len(searches)
         together = {name: r.retrieve_many(queries, vectors=vectors, search=shared) for name, r in retrievers.items()}
     finally:
-        type(index.table).search = table_search
+        AsyncTable.query = async_query
     # One batched vector search, one full-text search per non-blank query, one fetch of missing rows; none after.
     assert prefetch_searches == 1 + 13 + 1 and len(searches) == prefetch_searches
     # Both reranked types asked the shared search for BM25 scores (the no-match query has no full-text
