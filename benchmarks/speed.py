@@ -11,7 +11,8 @@ Three comparisons, each reported as a ratio (anchor seconds / our seconds):
   runs in a subprocess of `.venv-bench` (llama-index-finetuning would downgrade packages this
   project needs, so it lives in its own venv); a missing one is built with benchmarks/anchor_env.sh.
 - evaluation: `evaluate_retrievers` (batched) vs a loop of LlamaIndex's `RetrieverEvaluator`
-  (hit_rate, mrr) over the same retrievers and queries; hit-rates must agree.
+  (hit_rate, mrr) over the same retrievers and queries; hit-rates must agree. `--eval-repeats`
+  passes of each, interleaved; each side's median is compared.
 - ingest: `LanceDBIndex.build` with the default encoder backend and the others of `--backends`
   (held-out hit@k of each beside) vs `VectorStoreIndex` over a `LanceDBVectorStore` with a
   `HuggingFaceEmbedding`, on the data_qa nodes repeated with new ids; and the default backend's
@@ -31,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,6 +125,7 @@ def main() -> None:
         default="torch,onnx,onnx-int8",
         help="encoder backends timed for ingest beside the default one (which gives ingest_speedup and encode_limit_ratio)",
     )
+    parser.add_argument("--eval-repeats", type=int, default=3, help="evaluation passes per side (interleaved; median)")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: train, eval, ingest")
     parser.add_argument(
         "--anchor-train", nargs=6, metavar=("TRAIN", "VAL", "OUT", "EPOCHS", "BATCH", "MODEL"), help=argparse.SUPPRESS
@@ -310,26 +313,36 @@ def main() -> None:
             retrievers = base_index.retrievers(args.k, reranker, hybrid_reranker("rrf"))
             for r in retrievers.values():  # warm both paths alike: first LanceDB queries open files and caches
                 r.retrieve(test.queries[test.query_ids[0]])
-            t = time.perf_counter()
-            ours_rows = evaluate_retrievers(retrievers, test, args.k)
-            ours_eval_s = time.perf_counter() - t
-
             by_source = source_nodes(ds, nodes)
             expected = {q: [n.node_id for d in test.relevant_docs[q] for n in by_source.get(d, [])] for q in test.query_ids}
-            anchor_rates = {}
-            t = time.perf_counter()
-            for qt, retriever in retrievers.items():
-                evaluator = RetrieverEvaluator.from_metric_names(["hit_rate", "mrr"], retriever=retriever)
-                results = [evaluator.evaluate(test.queries[q], expected_ids=expected[q]) for q in test.query_ids]
-                anchor_rates[qt] = (
-                    round(sum(r.metric_vals_dict["hit_rate"] for r in results) / len(results), 4),
-                    round(sum(r.metric_vals_dict["mrr"] for r in results) / len(results), 4),
-                )
-            anchor_eval_s = time.perf_counter() - t
+
+            def anchor_eval() -> dict[str, tuple[float, float]]:
+                rates = {}
+                for qt, retriever in retrievers.items():
+                    evaluator = RetrieverEvaluator.from_metric_names(["hit_rate", "mrr"], retriever=retriever)
+                    results = [evaluator.evaluate(test.queries[q], expected_ids=expected[q]) for q in test.query_ids]
+                    rates[qt] = (
+                        round(sum(r.metric_vals_dict["hit_rate"] for r in results) / len(results), 4),
+                        round(sum(r.metric_vals_dict["mrr"] for r in results) / len(results), 4),
+                    )
+                return rates
+
+            # Interleaved repeats, each side's median: one pass is as exposed to a noisy moment as to its own cost.
+            ours_times, anchor_times = [], []
+            for _ in range(args.eval_repeats):
+                t = time.perf_counter()
+                ours_rows = evaluate_retrievers(retrievers, test, args.k)
+                ours_times.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                anchor_rates = anchor_eval()
+                anchor_times.append(time.perf_counter() - t)
+            ours_eval_s, anchor_eval_s = statistics.median(ours_times), statistics.median(anchor_times)
             ours_rates = {r.query_type: (r.hit_rate, r.mrr) for r in ours_rows}
             out["eval"] = {
                 "ours_s": round(ours_eval_s, 2),
                 "anchor_s": round(anchor_eval_s, 2),
+                "ours_s_each": [round(x, 2) for x in ours_times],
+                "anchor_s_each": [round(x, 2) for x in anchor_times],
                 "ours": ours_rates,
                 "anchor": anchor_rates,
                 "same_hit_rates": all(ours_rates[q][0] == anchor_rates[q][0] for q in ours_rates),

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,23 +185,35 @@ class OnnxEmbedding(BaseEmbedding):
         text alone down to 0.98 on data_qa) and a query served alone would not meet the vector it
         was evaluated with. Alone is as fast for nodes (no padding) and slower only for short queries.
         """
+        if not texts:
+            return np.zeros((0, 0), np.float32)
         vectors: list[np.ndarray] = [np.empty(0)] * len(texts)
-        for batch in longest_first_batches(texts, 1 if self.int8 else self.embed_batch_size):
-            enc = self._tokenizer(
-                [texts[i] for i in batch], padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
-            )
-            feed = {k: enc[k].astype(np.int64) for k in _INPUTS if k in enc}
+        for batch, feed in self._runs(texts):
             feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
             hidden = self._session.run(None, feed)[0]
             if self.pooling == "cls":
                 pooled = hidden[:, 0]
             else:
-                mask = enc["attention_mask"][..., None].astype(np.float32)
+                mask = feed["attention_mask"][..., None].astype(np.float32)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clip(min=1e-9)
             pooled /= np.linalg.norm(pooled, axis=1, keepdims=True).clip(min=1e-12)
             for i, v in zip(batch, pooled):
                 vectors[i] = v
-        return np.stack(vectors).astype(np.float32) if texts else np.zeros((0, 0), np.float32)
+        return np.stack(vectors).astype(np.float32)
+
+    def _runs(self, texts: list[str]) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+        """(positions, model inputs) of each session run: int8 one text per run, all tokenized in one
+        call (one call per text costs more than the run of a short query), fp32 longest-first batches."""
+        if self.int8:
+            tokens = self._tokenizer(texts, truncation=True, max_length=self.max_length)
+            for i in range(len(texts)):
+                yield [i], {k: np.asarray([tokens[k][i]], dtype=np.int64) for k in _INPUTS if k in tokens}
+            return
+        for batch in longest_first_batches(texts, self.embed_batch_size):
+            enc = self._tokenizer(
+                [texts[i] for i in batch], padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
+            )
+            yield list(batch), {k: enc[k].astype(np.int64) for k in _INPUTS if k in enc}
 
     def _get_query_embedding(self, query: str) -> list[float]:
         return self.encode([query])[0].tolist()

@@ -27,7 +27,7 @@ from lancedb.rerankers import RRFReranker
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.schema import NodeWithScore
 
-from .store import fts_ids, rows_by_id, vector_search_many
+from .store import fts_ids, rows_by_id, vector_ids_many
 
 SEARCH_THREADS = 4
 # Full-text lists reach at least this deep, so most reranker BM25 lookups are answered from them.
@@ -99,15 +99,16 @@ class SharedSearch:
                 first.setdefault(q, i)
         distinct = list(first)
         query_vectors = list(np.asarray(vectors)[list(first.values())])
-        found = vector_search_many(self.table, query_vectors, vector_limit, self.nprobes, share_nodes=True)
-        self._vector = dict(zip(distinct, found))
+        vector_ids = vector_ids_many(self.table, query_vectors, vector_limit, self.nprobes)
         self._vector_limit = vector_limit
         ranked = full_text_many(self.table, distinct, self.fts_depth)
-        nodes = {hit.node.node_id: hit.node for hits in self._vector.values() for hit in hits}
-        nodes.update(rows_by_id(self.table, {i for ids in ranked for i, _ in ids[:fts_limit] if i not in nodes}))
-        for query, ids in zip(distinct, ranked):
-            self._bm25[query] = (dict(ids), len(ids) < self.fts_depth)
-            self._fts[query] = [NodeWithScore(node=nodes[i], score=score) for i, score in ids[:fts_limit]]
+        # Each row any list shows is read once, whichever lists and queries show it.
+        shown = {i for ids in vector_ids for i, _ in ids} | {i for ids in ranked for i, _ in ids[:fts_limit]}
+        nodes = rows_by_id(self.table, shown)
+        for query, v_ids, f_ids in zip(distinct, vector_ids, ranked):
+            self._vector[query] = [NodeWithScore(node=nodes[i], score=score) for i, score in v_ids]
+            self._bm25[query] = (dict(f_ids), len(f_ids) < self.fts_depth)
+            self._fts[query] = [NodeWithScore(node=nodes[i], score=score) for i, score in f_ids[:fts_limit]]
         self._fts_limit = fts_limit
 
     def results(

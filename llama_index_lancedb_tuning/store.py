@@ -307,38 +307,39 @@ def scored_nodes(rows: list[dict[str, Any]], score_column: str) -> list[NodeWith
 
 
 def vector_search_many(
-    table: lancedb.table.Table,
-    vectors: Sequence[np.ndarray],
-    limit: int,
-    nprobes: int,
-    batch_size: int = 64,
-    share_nodes: bool = False,
+    table: lancedb.table.Table, vectors: Sequence[np.ndarray], limit: int, nprobes: int, batch_size: int = 64
 ) -> list[list[NodeWithScore]]:
-    """Top-`limit` rows per vector, one LanceDB query per batch of vectors (rows tagged with `query_index`).
-
-    `share_nodes`: a row found by several queries becomes one node object, read once (for
-    read-only use such as evaluation; otherwise each hit gets its own node, which a caller may change).
-    """
+    """Top-`limit` rows per vector, one LanceDB query per batch of vectors (rows tagged with `query_index`)."""
     out: list[list[NodeWithScore]] = [[] for _ in vectors]
+    for start, rows in _vector_batches(table, vectors, limit, nprobes, list(RESULT_COLUMNS), batch_size):
+        positions = rows.column("query_index").to_pylist() if "query_index" in rows.column_names else [0] * rows.num_rows
+        for position, hit in zip(positions, scored_nodes(rows.to_pylist(), "_distance")):
+            out[start + position].append(hit)
+    return out
+
+
+def vector_ids_many(
+    table: lancedb.table.Table, vectors: Sequence[np.ndarray], limit: int, nprobes: int, batch_size: int = 64
+) -> list[list[tuple[str, float]]]:
+    """(id, cosine similarity) of the top-`limit` rows per vector, best first: `vector_search_many`
+    without reading the rows, for callers that read each distinct row once (`rows_by_id`)."""
+    out: list[list[tuple[str, float]]] = [[] for _ in vectors]
+    for start, rows in _vector_batches(table, vectors, limit, nprobes, ["id"], batch_size):
+        positions = rows.column("query_index").to_pylist() if "query_index" in rows.column_names else [0] * rows.num_rows
+        similarities = (1.0 - rows.column("_distance").to_numpy().astype(np.float64)).tolist()  # as `scored_nodes`
+        for position, row_id, similarity in zip(positions, rows.column("id").to_pylist(), similarities):
+            out[start + position].append((row_id, similarity))
+    return out
+
+
+def _vector_batches(
+    table: lancedb.table.Table, vectors: Sequence[np.ndarray], limit: int, nprobes: int, columns: list[str], batch_size: int
+) -> Iterator[tuple[int, pa.Table]]:
+    """(first vector's position, its batch's rows) per LanceDB query of up to `batch_size` vectors."""
     for start in range(0, len(vectors), batch_size):
         batch = [np.asarray(v, dtype=np.float32) for v in vectors[start : start + batch_size]]
         search: Any = table.search(batch if len(batch) > 1 else batch[0])  # a vector query builder
-        rows = search.distance_type("cosine").nprobes(nprobes).select([*RESULT_COLUMNS, "_distance"]).limit(limit).to_arrow()
-        positions = rows.column("query_index").to_pylist() if "query_index" in rows.column_names else [0] * rows.num_rows
-        if not share_nodes:
-            for position, hit in zip(positions, scored_nodes(rows.to_pylist(), "_distance")):
-                out[start + position].append(hit)
-            continue
-        ids = rows.column("id").to_pylist()
-        first: dict[str, int] = {}
-        for i, node_id in enumerate(ids):
-            first.setdefault(node_id, i)
-        # Converting rows (vectors above all) to Python dominates a batched search: each distinct row once.
-        nodes = {row["id"]: node_from_row(row) for row in rows.take(list(first.values())).to_pylist()}
-        similarities = 1.0 - rows.column("_distance").to_numpy()
-        for position, node_id, score in zip(positions, ids, similarities):
-            out[start + position].append(NodeWithScore(node=nodes[node_id], score=float(score)))
-    return out
+        yield start, search.distance_type("cosine").nprobes(nprobes).select([*columns, "_distance"]).limit(limit).to_arrow()
 
 
 def fts_ids(table: lancedb.table.Table, query: str, limit: int, where: str | None = None) -> list[tuple[str, float]]:

@@ -104,6 +104,17 @@ def test_shared_search_serves_every_query_type_with_lancedb_own_results(built, s
     assert together["vector"][12] == [] and together["fts"][13] == []
 
 
+def test_full_text_queries_awaited_together_give_each_query_own_results(built, small_dataset):
+    from llama_index_lancedb_tuning.shared_search import full_text_many
+    from llama_index_lancedb_tuning.store import fts_ids
+
+    index, _ = built
+    queries = [small_dataset.queries[q] for q in small_dataset.query_ids[:12]] + ["qqqzzzxxy"]
+    together = full_text_many(index.table, queries, 50)
+    assert together == [fts_ids(index.table, q, 50) for q in queries]
+    assert together[-1] == [] and all(together[:-1])
+
+
 def test_evaluation_shares_searches_without_any_global_state(built, small_dataset):
     from llama_index_lancedb_tuning import evaluate_retriever, evaluate_retrievers
 
