@@ -311,8 +311,7 @@ def vector_search_many(
 ) -> list[list[NodeWithScore]]:
     """Top-`limit` rows per vector, one LanceDB query per batch of vectors (rows tagged with `query_index`)."""
     out: list[list[NodeWithScore]] = [[] for _ in vectors]
-    for start, rows in _vector_batches(table, vectors, limit, nprobes, list(RESULT_COLUMNS), batch_size):
-        positions = rows.column("query_index").to_pylist() if "query_index" in rows.column_names else [0] * rows.num_rows
+    for start, positions, rows in _vector_batches(table, vectors, limit, nprobes, list(RESULT_COLUMNS), batch_size):
         for position, hit in zip(positions, scored_nodes(rows.to_pylist(), "_distance")):
             out[start + position].append(hit)
     return out
@@ -324,8 +323,7 @@ def vector_ids_many(
     """(id, cosine similarity) of the top-`limit` rows per vector, best first: `vector_search_many`
     without reading the rows, for callers that read each distinct row once (`rows_by_id`)."""
     out: list[list[tuple[str, float]]] = [[] for _ in vectors]
-    for start, rows in _vector_batches(table, vectors, limit, nprobes, ["id"], batch_size):
-        positions = rows.column("query_index").to_pylist() if "query_index" in rows.column_names else [0] * rows.num_rows
+    for start, positions, rows in _vector_batches(table, vectors, limit, nprobes, ["id"], batch_size):
         similarities = (1.0 - rows.column("_distance").to_numpy().astype(np.float64)).tolist()  # as `scored_nodes`
         for position, row_id, similarity in zip(positions, rows.column("id").to_pylist(), similarities):
             out[start + position].append((row_id, similarity))
@@ -334,12 +332,15 @@ def vector_ids_many(
 
 def _vector_batches(
     table: lancedb.table.Table, vectors: Sequence[np.ndarray], limit: int, nprobes: int, columns: list[str], batch_size: int
-) -> Iterator[tuple[int, pa.Table]]:
-    """(first vector's position, its batch's rows) per LanceDB query of up to `batch_size` vectors."""
+) -> Iterator[tuple[int, list[int], pa.Table]]:
+    """(first vector's position, each row's vector within the batch, the rows) per LanceDB query of up
+    to `batch_size` vectors."""
     for start in range(0, len(vectors), batch_size):
         batch = [np.asarray(v, dtype=np.float32) for v in vectors[start : start + batch_size]]
         search: Any = table.search(batch if len(batch) > 1 else batch[0])  # a vector query builder
-        yield start, search.distance_type("cosine").nprobes(nprobes).select([*columns, "_distance"]).limit(limit).to_arrow()
+        rows = search.distance_type("cosine").nprobes(nprobes).select([*columns, "_distance"]).limit(limit).to_arrow()
+        positions = rows.column("query_index").to_pylist() if "query_index" in rows.column_names else [0] * rows.num_rows
+        yield start, positions, rows
 
 
 def fts_ids(table: lancedb.table.Table, query: str, limit: int, where: str | None = None) -> list[tuple[str, float]]:
