@@ -69,10 +69,17 @@ def check_data_size(dataset: Any, k: int, test_size: float | None) -> None:
         test_size: the fraction held out when a test set is split off, or None when none is.
     """
     n = len(dataset)
-    if test_size is not None and math.ceil(test_size * n) >= n:
+    n_test = 0 if test_size is None else math.ceil(test_size * n)
+    if test_size is not None and n_test >= n:
         raise TuningError(
             f"only {counted(n, 'query')}: too few to hold out test queries and train on the rest; add labeled rows "
             f"(at least {queries_for_half_width(MEANINGFUL_HALF_WIDTH)} test queries make a hit rate worth comparing)"
+        )
+    # The fine-tuner and the gate each hold out validation queries from the training ones: one is too few.
+    if test_size is not None and n - n_test < 2:
+        raise TuningError(
+            f"test size {test_size:g} holds out {n_test} of {counted(n, 'query')}, leaving {counted(n - n_test, 'training query')}: "
+            "too few to train and validate on; pass a smaller --test-size or add labeled rows"
         )
     n_docs = len(dataset.corpus)
     if k > n_docs:

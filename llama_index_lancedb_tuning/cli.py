@@ -100,7 +100,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     _add_fields(p, SearchConfig)
     _add_fields(p, ChunkingConfig)
-    p.add_argument("--force", action="store_true", help="redo a directory that holds a finished report (default: off)")
+    p.add_argument("--force", action="store_true", help="redo a finished report, removing only the run's files (default: off)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
 
 
@@ -311,6 +311,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "generate":
         return _generate(args)
     if args.command in ("history", "rollback"):
+        check_inputs(args)  # a local --uri must exist: connecting would create it
         return _versions(args)
     if args.command == "download-pack":
         from .pack import write_pack_source
@@ -335,7 +336,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     from .labeled_csv import load_dataset
     from .models import resolve_model
 
-    # Data and model-path mistakes are reported before the pipeline (torch, sentence-transformers) is imported.
     if args.command == "run":
         documents, source_table = None, None
         labeled = args.data

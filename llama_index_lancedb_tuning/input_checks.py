@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from .errors import TuningError
+from .run_files import REPORT_FILE, check_run_directory
 
 
 def _check_labeled_file(path: str, command: str, flag: str = "") -> None:
@@ -48,16 +49,39 @@ def _check_writable_file(path: str) -> None:
         raise TuningError(f"cannot write --out {path}: {folder} ({exc.strerror}); choose another --out") from None
 
 
-def _check_table(uri: str, name: str) -> None:
-    """A local table is there (a LanceDB table is the directory NAME.lance); a remote one is checked on opening."""
+def _check_table(uri: str, name: str, flag: str = "--table") -> None:
+    """A local table is there (a LanceDB table is the directory NAME.lance); a remote one is checked on opening.
+
+    `flag`: the option that named the LanceDB, to start the message with.
+    """
     if "://" in uri:
         return
     folder = Path(uri).expanduser()
+    if folder.is_file():
+        raise TuningError(f"{flag} {uri} is a file, not a LanceDB directory; pass the folder that holds the table")
     if not folder.is_dir():
-        raise TuningError(f"--table {uri}: no such LanceDB directory; check the path")
+        raise TuningError(f"{flag} {uri}: no such LanceDB directory; check the path")
     if not (folder / f"{name}.lance").is_dir():
         held = ", ".join(sorted(p.name.removesuffix(".lance") for p in folder.glob("*.lance"))) or "no tables"
-        raise TuningError(f"--table {uri} has no table '{name}' (it holds: {held}); check --table-name")
+        raise TuningError(f"{flag} {uri} has no table '{name}' (it holds: {held}); check --table-name")
+
+
+def _check_model_path(model: str | None, flag: str) -> None:
+    """A run directory passed where its model is meant: name the model folder inside it."""
+    if model is None:
+        return
+    folder = Path(model).expanduser()
+    if (folder / REPORT_FILE).is_file() and (folder / "model").is_dir():
+        raise TuningError(f"{flag} {model} is a lancedb-tune run directory; pass {folder / 'model'}, the model it saved")
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """`--out` names a place: an empty one would be the current folder, silently."""
+    if not args.out.strip():
+        what = "the JSON file to write" if args.command == "generate" else "a directory for the run (e.g. --out runs/first)"
+        raise TuningError(f"--out is empty; pass {what}")
+    if args.command in ("run", "evaluate"):
+        check_run_directory(Path(args.out), args.force)
 
 
 def _check_table_inputs(args: argparse.Namespace) -> None:
@@ -78,10 +102,15 @@ def _check_table_inputs(args: argparse.Namespace) -> None:
 
 def check_inputs(args: argparse.Namespace) -> None:
     """Files the command reads or writes, before anything heavy is imported."""
+    if args.command in ("history", "rollback"):
+        _check_table(args.uri, args.table_name, "--uri")
+        return
+    _check_out(args)
     if args.command == "generate":
         if not Path(args.docs).exists():
             raise TuningError(f"{args.docs}: no such file or directory; check the path")
         _check_writable_file(args.out)
+        _check_model_path(args.base_model, "--base-model")
         return
     if args.command == "run" and args.table:
         _check_table_inputs(args)
@@ -102,5 +131,7 @@ def check_inputs(args: argparse.Namespace) -> None:
         _check_labeled_file(args.queries, "evaluate")
     else:
         _check_labeled_file(args.data, args.command)
-    if Path(args.out).is_file():
-        raise TuningError(f"--out {args.out} is a file; pass a directory for the report")
+    if args.command == "evaluate":
+        _check_model_path(args.model, "--model")
+    else:
+        _check_model_path(args.base_model, "--base-model")

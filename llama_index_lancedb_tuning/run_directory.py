@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,9 +19,23 @@ from filelock import FileLock, Timeout
 from .config import RunConfig
 from .dataset import QADataset
 from .errors import TuningError
-from .jsonfile import read_json, write_json
+from .jsonfile import write_json
 from .metrics import EvalResult
 from .report import comparison_plot, comparison_table
+from .run_files import (
+    LANCEDB_DIR,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    REPORT_FILE,
+    SETTINGS_FILE,
+    TABLES_FILE,
+    check_run_directory,
+    claimed_tables,
+    clear,
+    owned_entries,
+    remove_bookkeeping,
+    take,
+)
 from .wording import counted
 
 if TYPE_CHECKING:
@@ -36,23 +49,23 @@ def claim_tables(out: Path, table_names: list[str]) -> str:
     The tables it creates are recorded in `out/tables.json` before they are written, so a table
     a user keeps in `out/lancedb` is never replaced.
     """
-    uri = out / "lancedb"
-    owned = read_json(out / _TABLES_FILE) or []
+    uri = out / LANCEDB_DIR
+    owned = claimed_tables(out)
     for name in table_names:
         # A local LanceDB table is the directory NAME.lance under the uri.
         if name not in owned and (uri / f"{name}.lance").exists():
             raise TuningError(f"{uri} already holds a table '{name}' that lancedb-tune did not create; choose another --out")
-    write_json(out / _TABLES_FILE, sorted({*owned, *table_names}))
+    write_json(out / TABLES_FILE, sorted({*owned, *table_names}))
     return str(uri)
-
-
-_TABLES_FILE = "tables.json"
-_LOCK_FILE = ".lock"
 
 
 @contextmanager
 def locked_output(out: Path) -> Iterator[None]:
-    """Create `out` and hold its lock: a second run into the same directory is refused while this one runs."""
+    """Create `out` and hold its lock: a second run into the same directory is refused while this one runs.
+
+    On leaving, the lock file goes, and so do the bookkeeping files of a run that finished no stage,
+    with `out` itself if this call made it and nothing else is left in it.
+    """
     if out.exists() and not out.is_dir():
         raise TuningError(f"--out {out} is a file; pass a directory for the report")
     created = not out.exists()
@@ -60,7 +73,8 @@ def locked_output(out: Path) -> Iterator[None]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TuningError(f"cannot create output directory {out} ({exc.strerror}); choose another --out") from None
-    lock = FileLock(out / _LOCK_FILE)
+    lock_path = out / LOCK_FILE
+    lock = FileLock(lock_path)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -68,36 +82,40 @@ def locked_output(out: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        lock.release()
-        if created and all(p.name in (_LOCK_FILE, _TABLES_FILE, "settings.json") for p in out.iterdir()):
-            shutil.rmtree(out)  # a run that failed before any stage finished leaves no directory behind
-
-
-def _clear(out: Path) -> None:
-    """Empty `out` but for its lock, which the running command holds."""
-    for entry in out.iterdir():
-        if entry.name != _LOCK_FILE:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        try:
+            remove_bookkeeping(out)
+        finally:
+            # Unlinked while still held: a run that opened this file just before finds, once it
+            # gets the lock, that the file has no name left, and is refused (filelock checks that).
+            with suppress(OSError):
+                lock_path.unlink()
+            lock.release()
+        if created:
+            with suppress(OSError):
+                out.rmdir()  # only when empty: never a directory that holds anything
 
 
 def prepare_output(out: Path, force: bool, settings: dict | None = None) -> None:
-    """Refuse a finished report (unless forced); resume an unfinished run only if made with the same `settings`.
+    """Refuse a finished report (unless forced) or a run entry this package did not write; resume an
+    unfinished run only if made with the same `settings`. `force` and a change of settings remove
+    only what a run wrote (see run_files): any other file in `out` stays.
 
     Call it inside `locked_output(out)`.
     """
-    if (out / "report.json").exists():
-        if not force:
-            raise TuningError(f"{out} already holds a finished report; pass --force to redo it or choose another --out")
-        _clear(out)
-    settings_path = out / "settings.json"
+    check_run_directory(out, force)
+    out.mkdir(parents=True, exist_ok=True)
+    take(out)
+    if (out / REPORT_FILE).exists():
+        clear(out)  # forced: check_run_directory refused it otherwise
+    settings_path = out / SETTINGS_FILE
     if settings is not None and settings_path.exists() and json.loads(settings_path.read_text()) != settings:
-        if not force and any(p.name not in (settings_path.name, _LOCK_FILE) for p in out.iterdir()):
+        cached = any((out / name).exists() for name in owned_entries(out) if name not in (SETTINGS_FILE, MANIFEST_FILE))
+        if not force and cached:
             raise TuningError(
                 f"{out} holds an unfinished run made with other data or settings; rerun that command to resume it, "
                 "pass --force to start over, or choose another --out"
             )
-        _clear(out)  # nothing cached yet, or forced: start over
-    out.mkdir(parents=True, exist_ok=True)
+        clear(out)  # nothing cached yet, or forced: start over
     if settings is not None and not settings_path.exists():
         write_json(settings_path, settings, indent=2)  # cached stages below are only reused for these settings
 

@@ -72,6 +72,17 @@ def test_version_prints_the_package_version(capsys):
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"lancedb-tune {version('llama-index-lancedb-tuning')}"
 
 
+def _cli_without_heavy_imports(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI in a fresh process; exit 99 if it imported a heavy library before answering."""
+    code = (
+        "import sys; from llama_index_lancedb_tuning.cli import main; code = main(sys.argv[1:]); "
+        "heavy = [m for m in ('torch', 'sentence_transformers', 'transformers', 'lancedb') if m in sys.modules]; "
+        "sys.exit(code if not heavy else 99)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code, *argv], check=False, capture_output=True, text=True, env=env, cwd=cwd)
+
+
 @pytest.mark.parametrize(
     "argv, expected",
     [
@@ -90,6 +101,14 @@ def test_version_prints_the_package_version(capsys):
         (["run", "{tmp}/report.pdf"], "is a PDF, not a labeled CSV"),
         (["evaluate", "{csv}", "--model", "{tmp}/no_such_model"], "does not exist; check the path"),
         (["generate", "{tmp}/fake.pdf"], "is not a PDF (it has no %PDF- header)"),
+        (["run", "--table", "{tmp}/none", "--table-name", "t", "--queries", "{csv}"], "--table {tmp}/none: no such LanceDB"),
+        (["run", "--table", "{tmp}", "--table-name", "t", "--queries", "{csv}"], "has no table 't' (it holds: no tables)"),
+        (["run", "--table", "{csv}", "--table-name", "t", "--queries", "{csv}"], "is a file, not a LanceDB directory"),
+        (["run", "{csv}", "--base-model", "{tmp}/no_such_model"], "does not exist; check the path"),
+        (["run", "{csv}", "--test-size", "1.5"], "--test-size must be between 0 and 1, got 1.5"),
+        (["run", "{sample}", "--test-size", "0.99"], "test size 0.99 holds out 119 of 120 queries, leaving 1 training query"),
+        (["evaluate", "{csv}", "--model", "{tmp}/old_run"], "is a lancedb-tune run directory; pass {tmp}/old_run/model"),
+        (["run", "{csv}", "--base-model", "{tmp}/old_run"], "is a lancedb-tune run directory; pass {tmp}/old_run/model"),
     ],
 )
 def test_argument_mistakes_answer_in_one_line_before_torch_is_imported(tmp_path, good_csv, argv, expected):
@@ -97,26 +116,50 @@ def test_argument_mistakes_answer_in_one_line_before_torch_is_imported(tmp_path,
     write_csv(tmp_path / "one_row.csv", ROWS[:1])
     (tmp_path / "report.pdf").write_bytes(b"%PDF-1.7\n" + bytes(range(256)))
     (tmp_path / "fake.pdf").write_text("plain text under a .pdf name")
-    argv = [a.format(csv=good_csv, tmp=tmp_path) for a in argv] + ["--out", str(tmp_path / "out")]
-    code = (
-        "import sys; from llama_index_lancedb_tuning.cli import main; code = main(sys.argv[1:]); "
-        "heavy = [m for m in ('torch', 'sentence_transformers', 'transformers', 'lancedb') if m in sys.modules]; "
-        "sys.exit(code if not heavy else 99)"
-    )
+    (tmp_path / "old_run" / "model").mkdir(parents=True)
+    (tmp_path / "old_run" / "report.json").write_text("{}")
+    expected = expected.format(tmp=tmp_path)
+    sample = ROOT / "examples" / "sample_qa.csv"
+    argv = [a.format(csv=good_csv, tmp=tmp_path, sample=sample) for a in argv] + ["--out", str(tmp_path / "out")]
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *argv],
-        check=False,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = _cli_without_heavy_imports(argv, tmp_path)
     elapsed = time.perf_counter() - start
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr  # 99: a heavy library was imported before the mistake was named
     assert len(lines) == 1 and expected in lines[0] and proc.stdout == "", proc.stderr
     assert elapsed < 3, elapsed  # loose: importing torch alone takes longer on this machine
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["history", "rollback"])
+def test_a_wrong_uri_is_named_without_creating_it(tmp_path, command):
+    (tmp_path / "labels.csv").write_text("query,context\n")
+    for uri, expected in [
+        ("missing/db", "--uri missing/db: no such LanceDB directory; check the path"),
+        ("labels.csv", "--uri labels.csv is a file, not a LanceDB directory; pass the folder that holds the table"),
+        (".", "--uri . has no table 'docs' (it holds: no tables); check --table-name"),
+    ]:
+        proc = _cli_without_heavy_imports([command, "--uri", uri, "--table-name", "docs"], tmp_path)
+        assert proc.returncode == 2 and proc.stderr.strip() == f"lancedb-tune: error: {expected}", proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv"]
+
+
+@pytest.mark.parametrize("command, what", [("run", "a directory for the run"), ("generate", "the JSON file to write")])
+def test_an_empty_out_is_refused_not_taken_for_the_current_folder(tmp_path, good_csv, command, what):
+    proc = _cli_without_heavy_imports([command, str(good_csv), "--out", ""], tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(f"lancedb-tune: error: --out is empty; pass {what}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.csv"]
+
+
+def test_a_finished_report_is_refused_before_torch_is_imported(tmp_path, good_csv):
+    from llama_index_lancedb_tuning.run_files import take
+
+    out = tmp_path / "out"
+    out.mkdir()
+    take(out)
+    (out / "report.json").write_text("{}")
+    proc = _cli_without_heavy_imports(["run", str(good_csv), "--out", str(out)], tmp_path)
+    assert proc.returncode == 2 and "already holds a finished report; pass --force" in proc.stderr, proc.stderr
 
 
 def test_a_one_row_csv_names_the_real_problem_once(tmp_path, capsys):

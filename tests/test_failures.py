@@ -211,13 +211,26 @@ def test_unknown_model_id_offline(tmp_path, good_csv, capsys, monkeypatch):
 
 
 def test_finished_report_is_refused_without_force(tmp_path, good_csv, capsys, no_models):
+    from llama_index_lancedb_tuning.run_files import take
+
     out = tmp_path / "out"
     out.mkdir()
+    take(out)  # a directory a run wrote
     (out / "report.json").write_text('{"done": true}')
     for command in ("run", "evaluate"):
         line = fail(capsys, [command, str(good_csv), "--out", str(out)])
         assert "already holds a finished report; pass --force" in line
         assert json.loads((out / "report.json").read_text()) == {"done": True}  # untouched
+
+
+def test_a_report_the_run_did_not_write_is_refused_even_when_forced(tmp_path, good_csv, capsys, no_models):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text('{"mine": true}')
+    for command in ("run", "evaluate"):
+        line = fail(capsys, [command, str(good_csv), "--out", str(out), "--force"])
+        assert f"{out / 'report.json'} was not written by lancedb-tune" in line and "choose another --out" in line
+        assert json.loads((out / "report.json").read_text()) == {"mine": True}
 
 
 def test_output_path_that_is_a_file(tmp_path, good_csv, capsys, no_models):
