@@ -19,6 +19,7 @@ from llama_index.core.schema import BaseNode, Document, NodeWithScore
 from .chunking import chunk_corpus, token_counter
 from .config import QUERY_TYPES, ChunkingConfig, SearchConfig, TuneMode
 from .dataset import QADataset
+from .encoders import table_backend
 from .encoding import load_embed_model
 from .errors import TuningError
 from .gate import Gate
@@ -30,6 +31,8 @@ from .table_tuning import TuneResult, tune_index
 from .versions import Promotion, history, rollback
 
 if TYPE_CHECKING:
+    import lancedb
+
     from .encoders import EncoderNames
 
 try:  # llama-index-core <= 0.14.20 ships the base class; 0.14.21+ removed it.
@@ -60,14 +63,17 @@ def _document_nodes(
     return chunk_corpus(corpus, token_counter(tokenizer), chunk_size, chunk_overlap, fix_glued_words)
 
 
-def _load_pair(names: EncoderNames | None) -> tuple[BaseEmbedding, BaseEmbedding | None]:
-    """(document encoder, query encoder or None when the same) loaded from their recorded names."""
+def _load_pair(names: EncoderNames | None, table: lancedb.table.Table) -> tuple[BaseEmbedding, BaseEmbedding | None]:
+    """(document encoder, query encoder or None when the same) loaded from their recorded names, in the
+    runtime `table` records for its vectors, so queries meet vectors of their own runtime."""
     if names is None:
         raise TuningError(
             "the promotion rolled back did not record the encoders it replaced; reopen the table with from_table(embed_model=...)"
         )
-    document = load_embed_model(names.document_encoder)
-    return document, None if names.query_encoder == names.document_encoder else load_embed_model(names.query_encoder)
+    backend = table_backend(table)
+    document = load_embed_model(names.document_encoder, backend=backend)
+    same = names.query_encoder == names.document_encoder
+    return document, None if same else load_embed_model(names.query_encoder, backend=backend)
 
 
 class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
@@ -271,7 +277,7 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         one, equal to the restored one)."""
         table = self.lancedb_index.table
         version, previous = rollback(table)
-        self.lancedb_index = LanceDBIndex(table, *_load_pair(previous))
+        self.lancedb_index = LanceDBIndex(table, *_load_pair(previous, table))
         self._build_views()
         return version
 

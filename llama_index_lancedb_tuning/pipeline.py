@@ -211,11 +211,12 @@ def _gate_verdict(uri: str, config: RunConfig, model_dir: str, queries: QADatase
         why = "--no-gate" if not config.gate else "the gate needs labeled training queries over the scored corpus"
         return GateVerdict(True, f"promoted without the gate ({why})")
     baseline = _baseline_index(uri, config)
-    tuned_model = load_embed_model(model_dir, backend=config.backend)
-    full = config.tune == "full"
+    # The tuned model queries in the runtime of the table it searches, as the report's tuned row does.
+    table = open_table(connect(uri), "tuned") if config.tune == "full" else baseline.table
+    tuned_model = load_embed_model(model_dir, backend=table_backend(table, config.backend))
     tuned = (
-        LanceDBIndex(open_table(connect(uri), "tuned"), tuned_model)
-        if full
+        LanceDBIndex(table, tuned_model)
+        if config.tune == "full"
         else LanceDBIndex(baseline.table, baseline.embed_model, tuned_model)
     )
     hybrid = Gate(
