@@ -233,7 +233,7 @@ class EmbeddingFinetuner:
         # Under torchrun every rank holds the same weights: one writes, and none returns before the model is there.
         wait_for_everyone()
         if is_main_process():
-            model.save(str(output_dir))
+            save_model(model, output_dir)
             write_json(output_dir / "metrics.json", metrics, indent=2)  # its presence marks training finished: never half-written
             if not keep_checkpoints:
                 _remove(output_dir, *_RESUME_STATE)
@@ -333,6 +333,32 @@ def newest_complete_checkpoint(checkpoint_dir: Path) -> str | None:
             return str(by_step[step])
         shutil.rmtree(by_step[step], ignore_errors=True)
     return None
+
+
+def save_model(model: SentenceTransformer, output_dir: Path) -> None:
+    """Save a sentence-transformers model whose files all get the permissions the umask gives (0644 usually).
+
+    safetensors writes its files through a private temporary file that it renames, so the weights
+    came out 0600, unreadable to the group and the serving account that every other file allows.
+
+    Args:
+        model: the model.
+        output_dir: its folder (created if needed).
+    """
+    model.save(str(output_dir))
+    mode = _new_file_mode(output_dir)
+    for weights in output_dir.rglob("*.safetensors"):
+        weights.chmod(mode)
+
+
+def _new_file_mode(folder: Path) -> int:
+    """The permissions a file created in `folder` gets: the umask cannot be read without being changed."""
+    probe = folder / ".permissions-probe"
+    probe.touch()
+    try:
+        return probe.stat().st_mode & 0o777
+    finally:
+        probe.unlink()
 
 
 def _remove(output_dir: Path, *names: str) -> None:

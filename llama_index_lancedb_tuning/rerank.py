@@ -132,9 +132,11 @@ def node_reranker(
     if parsed.kind == "cross-encoder":
         from llama_index.core.postprocessor import SentenceTransformerRerank
 
-        from .models import resolve_model
+        from .models import resolve_cross_encoder, transformers_bars_off
 
-        return SentenceTransformerRerank(model=resolve_model(parsed.model), top_n=top_n)
+        model = resolve_cross_encoder(parsed.model)
+        with transformers_bars_off():
+            return SentenceTransformerRerank(model=model, top_n=top_n)
     if embed_model is None:
         raise TuningError("the fusion reranker needs the embedding model")
     return FusionRerank(embed_model, table, top_n=top_n)
