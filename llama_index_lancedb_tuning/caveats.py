@@ -81,9 +81,14 @@ def check_data_size(dataset: Any, k: int, test_size: float | None) -> None:
             f"test size {test_size:g} holds out {n_test} of {counted(n, 'query')}, leaving {counted(n - n_test, 'training query')}: "
             "too few to train and validate on; pass a smaller --test-size or add labeled rows"
         )
-    n_docs = len(dataset.corpus)
+    check_k(k, len(dataset.corpus), "--k")
+
+
+def check_k(k: int, n_docs: int, option: str) -> None:
+    """Refuse a cut `k` beyond the corpus's `n_docs` documents, naming `option` (`--k`, `k=`) in the fix."""
     if k > n_docs:
+        fix = f"pass {option} {n_docs} or less" if option.startswith("--") else f"pass {option}{n_docs} or less"
         raise TuningError(
             f"k={k} is larger than the corpus ({counted(n_docs, 'document')}), so hit rate@k would count "
-            f"nearly every query as found; pass --k {n_docs} or less"
+            f"nearly every query as found; {fix}"
         )

@@ -209,7 +209,17 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             dataset: labeled queries whose corpus ids are the table's documents' ids.
             k: the cut for hit-rate and MRR (and the results each retriever returns).
             model: the label of every row.
+
+        Raises:
+            TuningError: when a query points at no document of the table, or `k` exceeds the
+                table's documents: either would report hit rates that mean nothing.
         """
+        from .caveats import check_k
+        from .source_table import SourceTable
+
+        source = SourceTable.read(self.lancedb_index.table)
+        source.check_labels(dataset)
+        check_k(k, len(source.sources()), "k=")
         return self._scores(self.lancedb_index, dataset, k, model)
 
     def _scores(

@@ -11,7 +11,7 @@ from llama_index.core.evaluation import RetrieverEvaluator
 from llama_index.core.llms import MockLLM
 from llama_index.core.schema import MetadataMode, TextNode
 
-from llama_index_lancedb_tuning import TuningError, evaluate_retriever
+from llama_index_lancedb_tuning import QADataset, TuningError, evaluate_retriever
 from llama_index_lancedb_tuning.chunking import SOURCE_ID_KEY
 from llama_index_lancedb_tuning.cohere_rerank import COHERE_MODEL, cohere_reranker
 from llama_index_lancedb_tuning.config import RERANK_OVERFETCH
@@ -287,3 +287,21 @@ def test_documents_are_respaced_before_indexing_unless_kept(tmp_path, embed_mode
         fix_glued_words=False,
     )
     assert kept.run("quality assurance") == []  # one glued term: BM25 cannot see the words inside it
+
+
+def test_evaluate_refuses_labels_that_point_at_no_document_of_the_table(built, small_dataset):
+    pack, _ = built
+    stray = QADataset(
+        dict(small_dataset.queries),
+        {f"other-{d}": t for d, t in small_dataset.corpus.items()},
+        {q: [f"other-{d}" for d in docs] for q, docs in small_dataset.relevant_docs.items()},
+    )
+    with pytest.raises(TuningError, match=r"point at no document of table 't'"):
+        pack.evaluate(stray)
+
+
+def test_evaluate_refuses_a_k_beyond_the_tables_documents(built, small_dataset):
+    pack, _ = built
+    n_docs = len(small_dataset.corpus)
+    with pytest.raises(TuningError, match=rf"k=1000 is larger than the corpus \({n_docs} documents\).*pass k={n_docs} or less"):
+        pack.evaluate(small_dataset, k=1000)
