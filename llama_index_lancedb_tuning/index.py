@@ -22,6 +22,7 @@ from .config import HYBRID_OVERFETCH, QUERY_TYPES, RERANK_OVERFETCH, Engine, Que
 from .encoders import EncoderPair, recorded_encoders, table_backend
 from .encoding import load_embed_model
 from .errors import TuningError
+from .lancedb_internals import table_connection
 from .retrievers import LanceDBRetriever, RerankedRetriever
 from .store import (
     DEFAULT_TABLE,
@@ -149,7 +150,7 @@ class LanceDBIndex:
 
     def vector_store(self) -> LanceDBVectorStore:
         # mode="append": LanceDBVectorStore defaults to "overwrite", which would replace the table on its first add.
-        return LanceDBVectorStore(connection=self.table._conn, table=self.table, mode="append")  # type: ignore[attr-defined]
+        return LanceDBVectorStore(connection=table_connection(self.table), table=self.table, mode="append")
 
     def vector_store_index(self) -> VectorStoreIndex:
         return VectorStoreIndex.from_vector_store(self.vector_store(), embed_model=self.embedding)

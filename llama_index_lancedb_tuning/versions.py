@@ -28,12 +28,22 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.schema import MetadataMode
+from llama_index.core.schema import BaseNode, MetadataMode
 
-from .encoders import EncoderNames, encoder_keys, record_encoders, record_pending, recorded_encoders, resolved_metadata
-from .encoding import embed_texts
+from .encoders import (
+    EncoderNames,
+    encoder_keys,
+    record_encoders,
+    record_pending,
+    recorded_encoders,
+    resolved_metadata,
+    table_backend,
+)
+from .encoding import embed_texts, load_embed_model
 from .errors import TuningError
-from .store import RESULT_COLUMNS, ensure_fts_index, node_from_row, retrying_commit, vector_dim
+from .lancedb_internals import table_connection
+from .store import RESULT_COLUMNS, append_nodes, ensure_fts_index, node_from_row, retrying_commit, vector_dim
+from .wording import counted
 
 PROMOTION_KEY = "lancedb:tag:promotion"
 _TAG = re.compile(r"promotion-(\d+)(-before)?")
@@ -134,14 +144,47 @@ def promote(
 
 
 def rollback(table: lancedb.table.Table) -> tuple[int, EncoderNames | None]:
-    """Restore the version the serving promotion replaced; returns the new version and the pair serving again."""
+    """Restore the version the serving promotion replaced; returns the new version and the pair serving again.
+
+    Rows added after the promotion are not in that version: they are added again, embedded by the
+    document encoder the restored version records (their ids, text and metadata as they are), so a
+    rollback never loses a row. Rows deleted after the promotion come back with the old version.
+    """
     table.checkout_latest()
     promotion = current_promotion(table)
     if promotion is None:
         raise TuningError(f"table '{table.name}' serves no promotion to roll back; its history lists what it served")
-    retrying_commit(table, partial(table.restore, promotion["previous_version"]))
-    previous = promotion["previous_encoders"]
-    return table.version, None if previous is None else EncoderNames(**previous)
+    restored = promotion["previous_version"]
+    previous = None if promotion["previous_encoders"] is None else EncoderNames(**promotion["previous_encoders"])
+    added = _rows_added_since(table, restored)
+    document_encoder = None
+    if added:
+        if previous is None:
+            raise TuningError(
+                f"{counted(len(added), 'row')} of table '{table.name}' were added after promotion-{promotion['number']}, and the "
+                "version it restores records no encoder to embed them with; add them again after rolling back by hand "
+                "(LanceDB restore), or keep serving the promotion"
+            )
+        # Loaded before the restore: a model that fails to load leaves the table as it was.
+        document_encoder = load_embed_model(previous.document_encoder, backend=table_backend(_at_version(table, restored)))
+    retrying_commit(table, partial(table.restore, restored))
+    if document_encoder is not None:
+        append_nodes(added, document_encoder, table, show_progress=False, total=len(added))
+    return table.version, previous
+
+
+def _at_version(table: lancedb.table.Table, version: int) -> lancedb.table.Table:
+    """A second handle on `table`, checked out at `version`: `table` itself stays on the latest."""
+    reader = table_connection(table).open_table(table.name)
+    reader.checkout(version)
+    return reader
+
+
+def _rows_added_since(table: lancedb.table.Table, version: int) -> list[BaseNode]:
+    """The rows of the latest version whose ids `version` does not hold, as nodes."""
+    before = set(_at_version(table, version).to_arrow().column("id").to_pylist())
+    rows = table.search().select(list(RESULT_COLUMNS)).limit(None).to_list()
+    return [node_from_row(row) for row in rows if row["id"] not in before]
 
 
 def history(table: lancedb.table.Table) -> list[Promotion]:
@@ -149,7 +192,7 @@ def history(table: lancedb.table.Table) -> list[Promotion]:
     table.checkout_latest()
     serving = current_promotion(table)
     tags = _tags(table)
-    reader = table._conn.open_table(table.name)  # type: ignore[attr-defined]  # a second handle: `table` stays on the latest
+    reader = _at_version(table, table.version)
     out = []
     for name, version in sorted(tags.items(), key=lambda item: item[1]):
         match = _TAG.fullmatch(name)

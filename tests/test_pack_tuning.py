@@ -198,3 +198,23 @@ def test_a_dataset_over_other_documents_is_refused(tmp_path, small_nodes, defaul
     stranger = QADataset({"q": "what?"}, {"elsewhere": "text"}, {"q": ["elsewhere"]})
     with pytest.raises(TuningError, match="absent from the corpus"):
         pack.finetune(stranger, mode="query", epochs=1, val_fraction=0, gate=False)
+
+
+def test_rollback_keeps_rows_added_after_the_promotion_embedded_by_the_restored_encoder(
+    tmp_path, small_nodes, split, embed_model
+):
+    train, _ = split
+    pack = _pack(tmp_path, small_nodes, embed_model)
+    table = pack.get_modules()["table"]
+    pack.finetune(train, mode="full", **UNGATED)
+    text = "Quokkas photobomb tourists on Rottnest Island."
+    pack.add(documents=[Document(text=text, id_="quokka")])
+    rows_before_rollback = table.count_rows()
+
+    pack.rollback()
+    assert table.count_rows() == rows_before_rollback == len(small_nodes) + 1
+    (added,) = [r for r in table.to_arrow().to_pylist() if r["text"] == text]
+    # Embedded again, by the document encoder serving after the rollback, not the tuned one that added it.
+    node = next(n for n in pack.get_modules()["retrievers"]["vector"].retrieve(text) if n.node.get_content() == text).node
+    fresh = embed_texts(pack.document_encoder, [node.get_content(metadata_mode=MetadataMode.EMBED)])
+    np.testing.assert_allclose(np.asarray([added["vector"]], dtype=np.float32), fresh, atol=1e-5)
