@@ -1,4 +1,4 @@
-"""Issue #15's "Done when": tuning a LlamaIndex-written table from the pack, query side vs full.
+"""Tuning a LlamaIndex-written table from the pack, query side vs full, against the bars it was built to meet.
 
 For each mode, on its own copy of the same table (a `VectorStoreIndex` over `LanceDBVectorStore`
 from data_qa.csv's contexts, each `Document` carrying its corpus id, the bundled model through
@@ -11,7 +11,7 @@ split (test_size 0.2, seed 42: 44 held-out queries on the full file).
 `--contexts` keeps the first N contexts and their queries (a smoke run); `--epochs` overrides
 the recipe's epochs. Prints one line per mode and, last, one JSON object: held-out vector
 hit@5 before/after per mode, training seconds, whether every stored vector is bit-identical,
-and the checks of the issue (gain >= 0.09, query >= 5x faster, within 0.03 of full).
+and the checks (gain >= 0.09, query >= 5x faster, within 0.03 of full).
 """
 
 from __future__ import annotations

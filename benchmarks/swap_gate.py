@@ -1,4 +1,4 @@
-"""Issue #16's "Done when": the do-no-harm gate, versions and rollback on the data_qa table.
+"""The do-no-harm gate, versions and rollback on the data_qa table, checked end to end (`done_when`).
 
 The pack indexes data_qa.csv's contexts (the bundled model, 128-token nodes) and serves
 `--query-type` (default hybrid) at k=5; the gate scores that query type. On the run's split (test_size 0.2, seed 42: 176 training, 44 held-out queries),

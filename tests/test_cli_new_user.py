@@ -1,4 +1,4 @@
-"""What a new user hit (#19): slow and multi-line argument errors, help without defaults, a user's
+"""What a new user hit: slow and multi-line argument errors, help without defaults, a user's
 table replaced, two runs in one directory, confident reports on tiny data, an unwritable --out."""
 
 from __future__ import annotations

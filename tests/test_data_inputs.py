@@ -1,4 +1,4 @@
-"""Inputs a new user hit (#19 items 6-9, 14) and LlamaIndex's QA JSON with repeated queries (#17)."""
+"""Inputs a new user hit, and LlamaIndex's QA JSON with repeated queries."""
 
 import csv
 import json

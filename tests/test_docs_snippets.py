@@ -1,18 +1,20 @@
 """Every ```python block in README.md, docs/*.md and examples/README.md runs as written.
 
 Each markdown file's blocks run in order in one namespace (a later block may use names an
-earlier block of the same file defined), from a fresh temporary working directory. A block
-that cannot run here is marked by an HTML comment on the line before its fence,
-`<!-- not run: REASON -->`; only those are skipped, and at most `MAX_NOT_RUN` of them.
+earlier block of the same file defined) that starts empty: a name a snippet uses without
+defining or importing it is a NameError, and fails the test. A block that cannot run here is
+marked by an HTML comment on the line before its fence, `<!-- not run: REASON -->`; only those
+are skipped, and at most `MAX_NOT_RUN` of them.
 
-What the docs may rely on without defining it (nothing else is provided):
+The blocks run from a fresh temporary directory laid out as a clone's root, so the paths they
+name resolve as they would for a user there:
 
-- names `docs` (llama_index `Document`s, one per context of the first rows of the shared
-  data_qa.csv) and `nodes` (those documents chunked into `TextNode`s, 128 model tokens);
-- files in the working directory: `out/ref/model` (a link to the bundled base model, standing
-  in for a model tuned by `lancedb-tune run ... --out out/ref`), `data_qa.csv` (the first
-  `QA_ROWS` rows of the shared data_qa.csv, so a training snippet finishes in seconds) and
-  `corpus/NNN.txt` (the texts of `docs`, one per file);
+- `examples/` and `docs/` are the repository's own (linked, read only), and `../shared/data/`
+  is the shared data beside the project (`SHARED_DATA`);
+- `out/sample/model`, the model `lancedb-tune run examples/sample_qa.csv --out out/sample`
+  (README, "Run it") would have tuned, is a link to the bundled base model: running that
+  command here would take longer than every snippet together, and a snippet's code is the same
+  whichever model the directory holds;
 - S3: `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
   `AWS_REGION` point LanceDB at moto's S3 server on 127.0.0.1, which holds an empty bucket
   `bucket`, so `s3://bucket/...` snippets run offline with the storage options they show.
@@ -20,22 +22,21 @@ What the docs may rely on without defining it (nothing else is provided):
 
 from __future__ import annotations
 
-import csv
 import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_QA = ROOT.parent / "shared" / "data" / "data_qa.csv"
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "README.md"]
 NOT_RUN = re.compile(r"^<!--\s*not run:\s*(?P<reason>.+?)\s*-->$")
 FENCE = re.compile(r"^```\s*(?P<lang>[\w+-]*)\s*$")
 MAX_NOT_RUN = 2
-QA_ROWS = 12
 BUCKET = "bucket"
+TUNED_MODEL = Path("out") / "sample" / "model"
 
 
 @dataclass
@@ -84,38 +85,19 @@ def s3_endpoint():
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def doc_fixtures(default_model_path):
-    """The `docs` and `nodes` every markdown file may use, and the rows of the small data_qa.csv."""
-    from llama_index.core import Document
-
-    from llama_index_lancedb_tuning import chunk_corpus, model_tokenizer
-
-    if not DATA_QA.exists():
-        pytest.fail(f"shared data missing: {DATA_QA} (tests read ../shared/data beside the project)")
-    with DATA_QA.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        rows = [row for _, row in zip(range(QA_ROWS), reader)]
-    context = header.index("context")
-    texts = list(dict.fromkeys(row[context] for row in rows))
-    docs = [Document(text=text, id_=f"doc{i}") for i, text in enumerate(texts)]
-    nodes = chunk_corpus({d.doc_id: d.text for d in docs}, model_tokenizer(default_model_path), 128, 16)
-    return header, rows, docs, nodes
-
-
 @pytest.fixture
-def doc_workdir(tmp_path, monkeypatch, default_model_path, doc_fixtures, s3_endpoint):
-    """A working directory holding the documented fixture files, with S3 pointed at moto; returns the fixture names."""
-    header, rows, docs, nodes = doc_fixtures
+def clone_root(tmp_path, monkeypatch, default_model_path, s3_endpoint):
+    """A working directory laid out as a clone's root beside ../shared, with S3 pointed at moto."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared data missing: {SHARED_DATA} (tests read ../shared/data beside the project)")
     endpoint, client = s3_endpoint
-    (tmp_path / "out" / "ref").mkdir(parents=True)
-    (tmp_path / "out" / "ref" / "model").symlink_to(default_model_path, target_is_directory=True)
-    with (tmp_path / "data_qa.csv").open("w", encoding="utf-8", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    (tmp_path / "corpus").mkdir()
-    for i, doc in enumerate(docs):
-        (tmp_path / "corpus" / f"{i:03d}.txt").write_text(doc.text, encoding="utf-8")
+    root = tmp_path / "clone"
+    root.mkdir()
+    (tmp_path / "shared").symlink_to(SHARED_DATA.parent, target_is_directory=True)
+    for name in ("examples", "docs"):
+        (root / name).symlink_to(ROOT / name, target_is_directory=True)
+    (root / TUNED_MODEL).parent.mkdir(parents=True)
+    (root / TUNED_MODEL).symlink_to(default_model_path, target_is_directory=True)
     for key, value in {
         "AWS_ENDPOINT": endpoint,
         "AWS_ALLOW_HTTP": "true",
@@ -126,8 +108,8 @@ def doc_workdir(tmp_path, monkeypatch, default_model_path, doc_fixtures, s3_endp
         monkeypatch.setenv(key, value)
     for key in _bucket_keys(client):
         client.delete_object(Bucket=BUCKET, Key=key)  # each markdown file starts from an empty bucket
-    monkeypatch.chdir(tmp_path)
-    return {"docs": list(docs), "nodes": list(nodes)}
+    monkeypatch.chdir(root)
+    return root
 
 
 def _bucket_keys(client) -> list[str]:
@@ -156,13 +138,26 @@ def test_parser_reads_markers_and_ignores_other_languages(tmp_path):
     assert [(s.line, s.code, s.not_run) for s in found] == [(3, "x = 1\n", None), (12, "import lancedb\n", "needs LanceDB Cloud")]
 
 
-@pytest.mark.parametrize("path", [p for p in DOC_FILES if python_snippets(p)], ids=lambda p: str(p.relative_to(ROOT)))
-def test_markdown_snippets_run(path, doc_workdir, s3_endpoint):
-    namespace = {"__name__": f"snippets_of_{path.stem}", **doc_workdir}
+def run_snippets(path: Path) -> list[Snippet]:
+    """Run a markdown file's runnable blocks in order in one namespace that starts empty; return them."""
+    namespace = {"__name__": f"snippets_of_{path.stem}"}
     ran = [s for s in python_snippets(path) if not s.not_run]
-    assert ran, f"{path.name}: every python snippet is marked not run"
     for snippet in ran:
         # Padded to the fence's line, so a traceback names the markdown file's own line numbers.
-        exec(compile("\n" * snippet.line + snippet.code, str(path.relative_to(ROOT)), "exec"), namespace)
+        exec(compile("\n" * snippet.line + snippet.code, str(path), "exec"), namespace)
+    return ran
+
+
+def test_a_name_no_snippet_defines_is_an_error(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("```python\nfrom pathlib import Path\n```\n\n```python\nprint(Path, docs)\n```\n", encoding="utf-8")
+    with pytest.raises(NameError, match="'docs'"):
+        run_snippets(page)
+
+
+@pytest.mark.parametrize("path", [p for p in DOC_FILES if python_snippets(p)], ids=lambda p: str(p.relative_to(ROOT)))
+def test_markdown_snippets_run(path, clone_root, s3_endpoint):
+    ran = run_snippets(path)
+    assert ran, f"{path.name}: every python snippet is marked not run"
     if any(f"s3://{BUCKET}/" in s.code for s in ran):  # the writes went to moto, not past it to a real S3 or a folder
         assert _bucket_keys(s3_endpoint[1]), f"{path.name}: its s3:// snippets wrote nothing to the local bucket"
