@@ -202,8 +202,8 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
     def evaluate(self, dataset: QADataset, k: int = 5, model: str = "model") -> list[EvalResult]:
         """Hit-rate@k and MRR@k (with n and a 95% interval) of the five query types on `dataset`.
 
-        The same retrievers at the same depths as `lancedb-tune evaluate`, so the same table and
-        model give the same numbers; a hit is a node of a relevant document (source level).
+        The same retrievers at the same depths as `lancedb-tune evaluate`, so a table chunked and
+        embedded as that command indexes its corpus gives the same numbers; a hit is a node of a relevant document.
 
         Args:
             dataset: labeled queries whose corpus ids are the table's documents' ids.
