@@ -4,13 +4,13 @@ sentence-transformers' own `backend="onnx"` needs optimum-onnx, which pins trans
 and so cannot sit beside this package's transformers 5. This module does the same job for
 mean- or CLS-pooled encoders: it exports the model's transformer once with `torch.onnx`,
 optionally quantises the weights to int8 with ONNX Runtime's dynamic quantisation, and
-pools and normalises in numpy. Exports are cached under `~/.cache/llama-index-lancedb-tuning`
-(or `$LANCEDB_TUNE_CACHE`), with sentence-transformers' file names.
+pools and normalises in numpy. Exports are cached under `~/.cache/llama-index-lancedb-tuning/onnx`
+(or `$LANCEDB_TUNE_CACHE/onnx`), with sentence-transformers' file names; the cache keeps the 8
+most recently used (`$LANCEDB_TUNE_ONNX_EXPORTS`) and may be removed at any time (`onnx_cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +23,7 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
+from . import onnx_cache
 from .encoding import ReplicaPool, longest_first_batches
 from .errors import TuningError
 from .models import resolve_model, transformers_bars_off
@@ -30,15 +31,6 @@ from .models import resolve_model, transformers_bars_off
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_qint8_avx2.onnx"
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def _onnx_dir(model_dir: Path, cache_dir: str | Path | None) -> Path:
-    """A cache directory keyed by the model's path and its weights' size and time, so a retrained model
-    gets a fresh export; the model directory itself is never written to."""
-    weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
-    stamp = [str(model_dir)] + [f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights]
-    base = Path(cache_dir or os.environ.get("LANCEDB_TUNE_CACHE") or Path.home() / ".cache" / "llama-index-lancedb-tuning")
-    return base / "onnx" / hashlib.sha1("|".join(stamp).encode()).hexdigest()[:16]
 
 
 def _pooling(model: Any) -> str:
@@ -50,16 +42,35 @@ def _pooling(model: Any) -> str:
 
 
 def export_onnx(model: str | None = None, int8: bool = False, cache_dir: str | Path | None = None) -> Path:
-    """The model's transformer as an ONNX file (exported once, then reused), int8-quantised if asked."""
-    import torch
-    from sentence_transformers import SentenceTransformer
+    """The model's transformer as an ONNX file (exported once, then reused), int8-quantised if asked.
 
+    Args:
+        model: the model directory, or None for the bundled default.
+        int8: the int8-quantised file (made from the fp32 one).
+        cache_dir: the cache folder (None: `$LANCEDB_TUNE_CACHE` or `~/.cache/llama-index-lancedb-tuning`);
+            exports go to its `onnx` folder, which keeps the most recently used (`onnx_cache`).
+    """
     name = resolve_model(model)
     if not Path(name).is_dir():
         raise TuningError(f"the ONNX backend needs a local model directory, got '{model}'; save or download the model first")
-    out = _onnx_dir(Path(name), cache_dir)
+    out = onnx_cache.export_dir(Path(name), cache_dir)
+    onnx_cache.claim(out)
+    try:
+        return _export(name, out, int8)
+    except OSError as exc:
+        raise TuningError(
+            f"cannot write the ONNX export to {out} ({exc.strerror or exc}); {onnx_cache.clear_hint(out.parent)}"
+        ) from None
+
+
+def _export(name: str, out: Path, int8: bool) -> Path:
     fp32, int8_path = out / FP32_FILE, out / INT8_FILE
+    # Named per process: two processes exporting one model at once each finish their own file.
+    unique = f"{os.getpid()}.tmp"
     if not fp32.exists():
+        import torch
+        from sentence_transformers import SentenceTransformer
+
         with transformers_bars_off():
             st = SentenceTransformer(name, device="cpu")
         transformer: Any = st[0].auto_model  # typed loosely by sentence-transformers
@@ -78,8 +89,7 @@ def export_onnx(model: str | None = None, int8: bool = False, cache_dir: str | P
         sample = st.tokenizer(["an export sample", "a second, longer export sample"], padding=True, return_tensors="pt")
         if "token_type_ids" not in sample:
             sample["token_type_ids"] = torch.zeros_like(sample["input_ids"])
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = fp32.with_suffix(".tmp")
+        tmp = out / f"{FP32_FILE}.{unique}"
         axes = {"batch": 0, "tokens": 1}
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes about shape arithmetic that dynamic axes cover
@@ -98,24 +108,25 @@ def export_onnx(model: str | None = None, int8: bool = False, cache_dir: str | P
     if int8 and not int8_path.exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        tmp = int8_path.with_suffix(".tmp")
-        hint = _DropRecords("pre-processing before quantization")  # advice for static quantisation, logged on root
-        logging.getLogger().addFilter(hint)
+        tmp = out / f"{INT8_FILE}.{unique}"
+        notes = _QuantizerNotes()
+        logging.getLogger().addFilter(notes)
         try:
             quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
         finally:
-            logging.getLogger().removeFilter(hint)
+            logging.getLogger().removeFilter(notes)
         tmp.replace(int8_path)
     return int8_path if int8 else fp32
 
 
-class _DropRecords(logging.Filter):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
+class _QuantizerNotes(logging.Filter):
+    """ONNX Runtime's quantizer logs on the root logger: a line of INFO per tensor it skips (about
+    40 for a MiniLM) and a WARNING advising pre-processing, which is for static quantisation."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
+        return record.levelno > logging.WARNING or (
+            record.levelno == logging.WARNING and "pre-processing before quantization" not in record.getMessage()
+        )
 
 
 class OnnxEmbedding(BaseEmbedding):
