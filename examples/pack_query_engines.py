@@ -10,7 +10,6 @@ LlamaIndex's MockLLM where an LLM is needed. Swap MockLLM for a real LLM in your
 from __future__ import annotations
 
 import argparse
-import logging
 import tempfile
 from pathlib import Path
 
@@ -48,7 +47,6 @@ def main() -> None:
     parser.add_argument("--docs", help="index this folder instead of the built-in tiny corpus")
     parser.add_argument("--model", help="embedding model directory or hub id (default: the bundled MiniLM)")
     args = parser.parse_args()
-    logging.getLogger().setLevel(logging.WARNING)  # an integration sets INFO on import; keep the output readable
 
     with tempfile.TemporaryDirectory() as tmp:
         docs_dir = Path(args.docs) if args.docs else Path(tmp) / "docs"

@@ -13,9 +13,10 @@ from typing import Any
 
 from .errors import TuningError
 
-# LanceDB's Rust logger prints a deprecation notice at WARN on every hybrid query (its legs select no
-# score column, and no public API adopts the future behaviour); errors still show. Read once, when
-# lancedb loads, so an app that sets LANCEDB_LOG itself keeps its own level.
+# LanceDB's Rust logger reads LANCEDB_LOG once, when lancedb loads, so this only helps where this
+# package is imported first; the package's queries do not rely on it (each selects its score column,
+# which keeps LanceDB's per-query deprecation WARN away, see `LanceDBRetriever._hybrid_rows`). Errors
+# still show, and an app that sets LANCEDB_LOG itself keeps its own level.
 os.environ.setdefault("LANCEDB_LOG", "error")
 
 _EXPORTS = {

@@ -49,7 +49,11 @@ def load_documents(path: str | Path, recursive: bool = True) -> dict[str, str]:
             raise TuningError(f"{file} is not a PDF (it has no %PDF- header); rename it to its real type or remove it")
     # Imported only now: a wrong path or file is reported before LlamaIndex's readers load (seconds).
     from llama_index.core import SimpleDirectoryReader
-    from llama_index.readers.file import PagedCSVReader
+
+    from .quiet import root_logging_unchanged
+
+    with root_logging_unchanged():  # the readers configure logging on import
+        from llama_index.readers.file import PagedCSVReader
 
     # Files are listed here, not by the reader's input_dir: the reader skips every path with a hidden
     # part, including the folders above `path` (a documents folder under ~/.data would read as empty).

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import lancedb
 import numpy as np
+from lancedb.query import LanceHybridQueryBuilder
+from lancedb.rerankers import RRFReranker
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
@@ -90,17 +92,42 @@ class LanceDBRetriever(BaseRetriever):
             q = search(query, query_type="fts", fts_columns="text")
             score = "_score"
         else:
-            q = search(query_type="hybrid").vector(vector).text(query).distance_type("cosine")
-            if self.hybrid_reranker is not None:
-                q = q.rerank(self.hybrid_reranker)
-            score = "_relevance_score"
+            return scored_nodes(self._hybrid_rows(query, vector), "_relevance_score")
         try:
-            columns = list(RESULT_COLUMNS) if self.query_type == "hybrid" else [*RESULT_COLUMNS, score]
-            # A hybrid query's limit is also the depth of each leg; the fused list is cut to k here.
-            rows = q.select(columns).limit(self.search_depth).to_list()[: self.similarity_top_k]
+            rows = q.select([*RESULT_COLUMNS, score]).limit(self.similarity_top_k).to_list()
         except Warning:
             rows = []  # LanceDB signals "no full-text match" with a bare Warning in some versions
         return scored_nodes(rows, score)
+
+    def _hybrid_rows(self, query: str, vector: np.ndarray | None) -> list[dict[str, Any]]:
+        """LanceDB's hybrid search, its two legs run here so each selects its own score column.
+
+        LanceDB's hybrid query gives both legs the same columns, and a leg that selects columns
+        without its score logs a deprecation WARN from LanceDB's Rust logger on every query, which
+        no Python setting silences once lancedb is imported. The legs are the ones its hybrid query
+        builds, and the fusion (score normalisation, the reranker, the original scores put back) is
+        the static method that query fuses through, so rows and scores are LanceDB's own.
+        """
+        search: Any = self.table.search
+        legs = (search(vector).distance_type("cosine"), search(query, query_type="fts"))
+        try:
+            vector_rows, fts_rows = (
+                leg.select([*RESULT_COLUMNS, score]).with_row_id(True).limit(self.search_depth).to_arrow()
+                for leg, score in zip(legs, ("_distance", "_score"))
+            )
+        except Warning:
+            return []  # as in `_search`: no full-text match
+        fused = LanceHybridQueryBuilder._combine_hybrid_results(
+            fts_results=fts_rows,
+            vector_results=vector_rows,
+            norm="score",
+            fts_query=query,
+            reranker=RRFReranker() if self.hybrid_reranker is None else self.hybrid_reranker,  # the hybrid query's default
+            limit=self.search_depth,
+            with_row_ids=False,
+        )
+        # Each leg's depth is also the fused list's; it is cut to k here.
+        return fused.to_pylist()[: self.similarity_top_k]
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         query = query_bundle.query_str

@@ -28,9 +28,11 @@ from tqdm.auto import tqdm
 
 from .encoding import BACKEND_KEY, backend_of, embed_texts
 from .errors import TuningError
+from .quiet import load_file_readers
 from .retries import retry_commit_conflicts
 
 logger = logging.getLogger(__name__)
+load_file_readers()  # quietly, before an app's SimpleDirectoryReader loads them and sets its logging to INFO
 
 TableMode = Literal["create", "append", "overwrite"]
 DEFAULT_URI = "./lancedb"
