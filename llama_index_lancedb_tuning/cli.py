@@ -337,8 +337,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from .models import resolve_model
 
     if args.command == "run":
-        documents, source_table = None, None
-        labeled = args.data
+        documents, source_table, labeled = None, None, args.data
         if args.table:
             from .store import connect, open_table
 
@@ -363,6 +362,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             eval_dataset=eval_dataset,
             eval_path=args.eval_data or "",
             source_table=source_table,
+            documents_path=args.data if documents is not None else "",
         )
     else:
         dataset = load_dataset(args.data, args.query_column, args.context_column)

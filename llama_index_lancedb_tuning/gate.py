@@ -11,7 +11,7 @@ model has seen. Both models are scored on them through the table with the same r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +80,49 @@ class GateVerdict:
 UNGATED = GateVerdict(True, "promoted without the gate (gate=False)")
 
 
+def _paired_change(before: EvalResult, after: EvalResult) -> tuple[int, float, str]:
+    """(net queries gained, McNemar's p, `0.800 -> 0.650 (-7 queries, McNemar p=0.039)`) of two scorings
+    of the same queries."""
+    hits_before, hits_after = np.array(before.per_query) > 0, np.array(after.per_query) > 0
+    p = round(mcnemar_p(hits_before, hits_after), 4)
+    delta = int(hits_after.sum() - hits_before.sum())
+    queries = "query" if abs(delta) == 1 else "queries"
+    return delta, p, f"{before.hit_rate:.3f} -> {after.hit_rate:.3f} ({delta:+d} {queries}, McNemar p={p:.3f})"
+
+
+def unvalidated_verdict(why: str, baseline: Sequence[EvalResult], tuned: Sequence[EvalResult], k: int) -> GateVerdict:
+    """The verdict of a run whose gate did not run (`why`): nothing validated the tuned model, so the
+    scored queries are the only evidence, and a query type significantly worse there than its baseline
+    (lower hit@k, McNemar p < 0.05) refuses it.
+
+    Args:
+        why: why no gate ran, for the reason.
+        baseline: the base model's rows on the scored queries.
+        tuned: the tuned model's rows on the same queries.
+        k: the cut of their hit rates.
+    """
+    base_by_type = {r.query_type: r for r in baseline}
+    losses = []
+    for row in tuned:
+        base = base_by_type.get(row.query_type)
+        if base is None:
+            continue
+        delta, p, change = _paired_change(base, row)
+        if delta < 0 and p < SIGNIFICANCE:
+            losses.append(f"{row.query_type} hit@{k} {change}")
+    scored = counted(tuned[0].n if tuned else 0, "scored query")
+    if losses:
+        return GateVerdict(
+            False,
+            f"not promoted: no gate ran ({why}) and on {scored} the tuned model is significantly worse than the "
+            f"baseline: {'; '.join(losses)}",
+        )
+    return GateVerdict(
+        True,
+        f"promoted without the gate ({why}), so not validated; no query type is significantly worse than the baseline on {scored}",
+    )
+
+
 def judge(serving: EvalResult, tuned: EvalResult, k: int) -> GateVerdict:
     """Promote when the tuned model's hit@k on the gate's queries is not below the serving model's and
     McNemar's paired test does not find it worse.
@@ -87,10 +130,7 @@ def judge(serving: EvalResult, tuned: EvalResult, k: int) -> GateVerdict:
     With hit@k not below, the test cannot find it worse; it words a refusal: a significant loss,
     or one the test cannot tell from chance, which the gate refuses all the same (do no harm).
     """
-    before, after = np.array(serving.per_query), np.array(tuned.per_query)
-    p = round(mcnemar_p(before, after), 4)
-    delta = int((after > 0).sum() - (before > 0).sum())
-    change = f"{serving.hit_rate:.3f} -> {tuned.hit_rate:.3f} ({delta:+d} {'query' if abs(delta) == 1 else 'queries'}, McNemar p={p:.3f})"
+    delta, p, change = _paired_change(serving, tuned)
     where = f"{tuned.query_type} hit@{k} on {counted(tuned.n, 'validation query')}"
     if delta >= 0:
         return GateVerdict(True, f"promoted: {where} {change}", serving, tuned, p)

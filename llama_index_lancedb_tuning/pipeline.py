@@ -25,10 +25,10 @@ from .encoders import table_backend
 from .encoding import check_backend, load_embed_model
 from .errors import TuningError
 from .finetune import EmbeddingFinetuner
-from .gate import Gate, GateVerdict, gate_queries
+from .gate import Gate, GateVerdict, gate_queries, unvalidated_verdict
 from .index import LanceDBIndex
 from .jsonfile import read_json
-from .metrics import with_significance
+from .metrics import EvalResult, with_significance
 from .models import DEFAULT_MODEL, resolve_cross_encoder, resolve_model
 from .rerank import node_reranker
 from .run_directory import (
@@ -38,6 +38,7 @@ from .run_directory import (
     prepare_output,
     run_settings,
     save_results,
+    training_source,
     write_report,
 )
 from .scoring import score_index, score_model
@@ -150,6 +151,7 @@ def tune_and_evaluate(
     eval_dataset: QADataset | None = None,
     eval_path: str = "",
     source_table: lancedb.table.Table | None = None,
+    documents_path: str = "",
 ) -> dict:
     """Baseline vs tuned on held-out queries; writes report.md/json/png and model/ under `out`.
 
@@ -172,6 +174,7 @@ def tune_and_evaluate(
         source_table: an existing table whose rows are the corpus instead of the dataset's
             (relevance by document id); it is only read: the baseline is a copy of its rows in
             `out/lancedb`, and `full` writes the re-embedded copy there too.
+        documents_path: where `documents` were read from, for the report.
     """
     config = config or RunConfig()
     out = Path(out)
@@ -195,7 +198,7 @@ def tune_and_evaluate(
     with locked_output(out):
         prepare_output(out, force, run_settings(dataset, config, documents, split, eval_dataset, source))
         uri = claim_tables(out, ["baseline", "tuned"])
-        paths = (dataset_path, None if eval_dataset is None else eval_path)
+        paths = (dataset_path, None if eval_dataset is None else eval_path, documents_path)
         return _tune_and_evaluate(dataset, eval_dataset, out, uri, config, documents, paths, resume, split, source)
 
 
@@ -205,11 +208,14 @@ def _baseline_index(uri: str, config: RunConfig) -> LanceDBIndex:
     return LanceDBIndex(table, load_embed_model(config.finetune.base_model, backend=table_backend(table, config.backend)))
 
 
-def _gate_verdict(uri: str, config: RunConfig, model_dir: str, queries: QADataset | None) -> GateVerdict:
-    """The gate on the run's tables: the base and the tuned model's hybrid hit@k on the gate's queries."""
+def _gate_verdict(
+    uri: str, config: RunConfig, model_dir: str, queries: QADataset | None, scored: tuple[list[EvalResult], list[EvalResult]]
+) -> GateVerdict:
+    """The gate on the run's tables: the base and the tuned model's hybrid hit@k on the gate's queries;
+    without them, the `scored` (baseline, tuned) rows may refuse the model but not validate it."""
     if queries is None:
         why = "--no-gate" if not config.gate else "the gate needs labeled training queries over the scored corpus"
-        return GateVerdict(True, f"promoted without the gate ({why})")
+        return unvalidated_verdict(why, *scored, config.k)
     baseline = _baseline_index(uri, config)
     # The tuned model queries in the runtime of the table it searches, as the report's tuned row does.
     table = open_table(connect(uri), "tuned") if config.tune == "full" else baseline.table
@@ -232,7 +238,7 @@ def _tune_and_evaluate(
     uri: str,
     config: RunConfig,
     documents: dict[str, str] | None,
-    paths: tuple[str, str | None],
+    paths: tuple[str, str | None, str],
     resume: bool,
     split: tuple[QADataset, QADataset] | None,
     source: SourceTable | None,
@@ -297,7 +303,7 @@ def _tune_and_evaluate(
             LanceDBIndex(baseline_index.table, baseline_index.embed_model, query_encoder), "tuned", test, config, timings
         )
     with_significance(baseline, tuned)
-    verdict = _gate_verdict(uri, config, str(model_dir), held_out)
+    verdict = _gate_verdict(uri, config, str(model_dir), held_out, (baseline, tuned))
     timings["total"] = round(time.perf_counter() - t0, 2)
 
     results = baseline + tuned
@@ -319,6 +325,7 @@ def _tune_and_evaluate(
             "n_gate_queries": 0 if held_out is None else len(held_out),
             "n_test_queries": len(test),
             "pairs": config.pairs,
+            **training_source(config.pairs, paths, documents, source),
             "n_adaptation_pairs": finetune_metrics.get("n_adaptation_pairs", 0),
         },
         "results": [r.to_dict() for r in results],

@@ -155,32 +155,77 @@ def run_settings(
     return json.loads(json.dumps({"data_sha1": hashlib.sha1(data.encode("utf-8")).hexdigest(), "config": cfg}, default=str))
 
 
+def training_source(pairs: str, paths: tuple[str, str | None, str], documents: dict | None, source: SourceTable | None) -> dict:
+    """`train_source` and `train_path` for report.json: what the model was trained on and where it was read.
+
+    Args:
+        pairs: the run's `--pairs`; generated pairs come from the documents, else the table's rows,
+            else the labeled data's passages (its queries are then only scored).
+        paths: (labeled data, eval data or None, documents directory) as the run was given them.
+        documents: the documents the run was given, if any.
+        source: the existing table the run read, if any.
+    """
+    if pairs == "labeled":
+        return {"train_source": "labeled_queries", "train_path": paths[0]}
+    if documents is not None:
+        return {"train_source": "documents", "train_path": paths[2]}
+    if source is not None:
+        return {"train_source": "table_rows", "train_path": source.identity()["uri"]}
+    return {"train_source": "dataset_passages", "train_path": paths[0]}
+
+
+def _generated_from(data: dict) -> str:
+    path, source = data["train_path"], data["train_source"]
+    if source == "documents":
+        return f"the documents in `{path}`" if path else "the documents passed in"
+    if source == "table_rows":
+        return f"the rows of table `{data['table']['name']}` at `{path}`"
+    return f"the passages of `{path}`" if path else "the labeled data's passages"
+
+
 def _data_line(data: dict) -> str:
     """Which data trained the model and which scored it, for report.md; empty for a run that trained nothing."""
     if not data["n_train_queries"]:
         return ""
-    trained = counted(data["n_train_queries"], "training query" if data["pairs"] == "labeled" else "generated pair")
+    n, counts = data["n_train_queries"], []
+    if data["train_source"] == "labeled_queries":
+        trained, scored = f"`{data['train_path']}`", "held-out queries of the same data"
+        counts.append(counted(n, "training query"))
+    else:
+        trained = f"{counted(n, 'pair')} generated from {_generated_from(data)}"
+        counts.append(f"--pairs {data['pairs']}")
+        scored = f"`{data['path']}`" if data["path"] else "the labeled queries"
     if data.get("n_adaptation_pairs"):
-        trained += f" + {counted(data['n_adaptation_pairs'], 'label-free pair')} from the scored corpus"
-    scored = f"`{data['eval_path']}`" if data.get("eval_path") is not None else "held-out queries of the same data"
-    return f"trained on `{data['path']}` ({trained}) · scored on {scored} ({counted(data['n_test_queries'], 'query')})\n\n"
+        counts.append(f"{counted(data['n_adaptation_pairs'], 'label-free pair')} from the scored corpus")
+    if counts:
+        trained += f" ({' + '.join(counts)})"
+    if data.get("eval_path") is not None:
+        scored = f"`{data['eval_path']}`"
+    return f"trained on {trained} · scored on {scored} ({counted(data['n_test_queries'], 'query')})\n\n"
 
 
 def _promotion_line(report: dict) -> str:
-    """The gate's verdict for report.md (the model is saved either way); empty for a run that trained nothing."""
+    """The verdict for report.md (the model is saved either way); empty for a run that trained nothing."""
     promotion = report.get("promotion")
-    return "" if promotion is None else f"gate: {promotion['reason']}\n\n"
+    if promotion is None:
+        return ""
+    return f"{'gate' if report['dataset']['n_gate_queries'] else 'promotion'}: {promotion['reason']}\n\n"
 
 
 def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> str:
     """report.md and report.png, then report.json; returns the comparison table."""
     table = comparison_table(results, k)
-    comparison_plot(results, out / "report.png", k)
     warnings = "".join(f"> **Warning:** {w}\n\n" for w in report.get("warnings", []))
+    n_scored = report["dataset"]["n_test_queries"]
+    if report["tuned_model"] is None:  # `evaluate`: one model, every query scored
+        title, plot_title = f"Retrieval of `{report['base_model']}`", counted(n_scored, "query")
+        models = f"model: `{report['base_model']}` · {counted(n_scored, 'query')} scored"
+    else:
+        title, plot_title = "Retrieval before and after fine-tuning", counted(n_scored, "held-out query")
+        models = f"base model: `{report['base_model']}` · tuned model: `{report['tuned_model']}` · {plot_title}"
+    comparison_plot(results, out / "report.png", k, plot_title)
     (out / "report.md").write_text(
-        f"# Retrieval before and after fine-tuning\n\nbase model: `{report['base_model']}` · tuned model: "
-        f"`{report['tuned_model']}` · {counted(report['dataset']['n_test_queries'], 'held-out query')} · k={k}\n\n"
-        f"{_data_line(report['dataset'])}{_promotion_line(report)}{warnings}{table}\n"
+        f"# {title}\n\n{models} · k={k}\n\n{_data_line(report['dataset'])}{_promotion_line(report)}{warnings}{table}\n"
     )
     # report.json last: its presence marks the run finished.
     write_json(out / "report.json", report, indent=2)
