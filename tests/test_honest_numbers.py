@@ -1,44 +1,18 @@
-"""No number that looks real and is not: the pack refuses what the CLI refuses, a run without a gate
-never promotes a model significantly worse on its scored queries, and a report names what it trained on."""
+"""No number that looks real and is not: a run without a gate never promotes a model significantly worse on its scored queries, and a report names what it trained on."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
-import pytest
-from llama_index.core.embeddings import MockEmbedding
 
-from llama_index_lancedb_tuning import QADataset, TuningError
 from llama_index_lancedb_tuning.config import RunConfig
 from llama_index_lancedb_tuning.metrics import EvalResult, with_significance
-from llama_index_lancedb_tuning.pack import FinetunedLanceDBRetrieverPack
 from llama_index_lancedb_tuning.pipeline import _gate_verdict
 from llama_index_lancedb_tuning.run_directory import _data_line, training_source, write_report
 
 TYPES = ("vector", "fts", "reranked_vector", "reranked_fts", "hybrid")
 NO_GATE_POSSIBLE = "the gate needs labeled training queries over the scored corpus"
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory, small_nodes):
-    """The small corpus's table; the refusals come before any search, so random vectors do."""
-    uri = str(tmp_path_factory.mktemp("honest"))
-    return FinetunedLanceDBRetrieverPack(nodes=small_nodes, embed_model=MockEmbedding(embed_dim=8), uri=uri, table_name="t")
-
-
-def test_pack_evaluate_refuses_labels_that_match_no_document_of_the_table(pack, small_dataset):
-    strays = QADataset(
-        small_dataset.queries, {"elsewhere": "text"}, {q: ["elsewhere"] for q in small_dataset.query_ids}
-    )  # every hit rate would be 0.0
-    with pytest.raises(TuningError, match=r"40 of 40 labeled queries point at no document of table 't'"):
-        pack.evaluate(strays)
-
-
-def test_pack_evaluate_refuses_k_beyond_the_tables_documents(pack, small_dataset):
-    # 20 documents in the table: at k=1000 every query would count as found.
-    with pytest.raises(TuningError, match=r"k=1000 is larger than the corpus \(20 documents\).*pass k=20 or less"):
-        pack.evaluate(small_dataset, k=1000)
 
 
 def _rows(model: str, hits_by_type: dict[str, list[int]]) -> list[EvalResult]:
