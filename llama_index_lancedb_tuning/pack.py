@@ -265,7 +265,7 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             train: labeled queries; relevance is by document (a node's `source_id` metadata or
                 `ref_doc_id`), so its corpus ids must be the ids of the table's documents.
             mode: `query` or `full`.
-            output_dir: where the tuned model goes; default beside a local table.
+            output_dir: where the tuned model goes; default beside a local table, a new folder for each attempt (`TuneResult.model_path`).
             gate: False promotes the tuned model without scoring it.
             eval_dataset: the gate's validation queries; None: the `val_fraction` of `train` the
                 fine-tuning holds out for validation (carved apart before training when `refit`

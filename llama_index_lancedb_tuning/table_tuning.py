@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from itertools import chain, count
 from pathlib import Path
 from typing import Any, get_args
 
@@ -44,7 +45,7 @@ class TuneResult:
     """What a tuning did: the model it trained, whether the gate put it in service, and why.
 
     Args:
-        model_path: the tuned model (saved whether promoted or not).
+        model_path: the tuned model (saved whether promoted or not; each attempt in its own folder).
         promoted: whether the table serves it now.
         reason: the gate's verdict in one line.
         version: the table version serving now (a new one when promoted).
@@ -67,12 +68,18 @@ class TuneResult:
 
 
 def default_output_dir(index: LanceDBIndex, mode: TuneMode) -> Path:
-    """Beside a local table: `<uri>/<table>.<mode>-tuned-v<version>`, new for each tuning of the table."""
+    """Beside a local table: `<uri>/<table>.<mode>-tuned-v<version>`, new for each tuning of the table.
+
+    A tuning the gate refused keeps its model there, and trying again on the same version is the
+    normal next step, so each later attempt gets the next free `...-v<version>-<attempt>` folder.
+    """
     table = index.table
     uri = getattr(table, "uri", None)  # a LanceDB Cloud table has none
     if not isinstance(uri, str) or ("://" in uri and not uri.startswith("file://")):
         raise TuningError(f"table '{table.name}' is not on local disk; pass output_dir= for the tuned model")
-    return Path(uri.removeprefix("file://")).parent / f"{table.name}.{mode}-tuned-v{table.version}"
+    first = Path(uri.removeprefix("file://")).parent / f"{table.name}.{mode}-tuned-v{table.version}"
+    attempts = (first.with_name(f"{first.name}-{n}") for n in count(2))
+    return next(path for path in chain([first], attempts) if not path.exists())
 
 
 def tuning_config(index: LanceDBIndex, mode: TuneMode, overrides: dict[str, Any]) -> FinetuneConfig:

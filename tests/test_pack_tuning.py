@@ -155,6 +155,10 @@ def test_the_gate_refuses_a_harmful_tune_and_changes_nothing(tmp_path, small_nod
     assert (result.model_path / "metrics.json").exists()  # the refused model is still saved
     assert pack.history() == [] and recorded_encoders(table) is None
 
+    retry = pack.finetune(train, mode="full", **UNGATED)  # trying again after a refusal is the normal flow
+    assert retry.promoted and retry.model_path.name == f"{result.model_path.name}-2"
+    assert (result.model_path / "metrics.json").exists() and (retry.model_path / "metrics.json").exists()
+
 
 def test_bad_tuning_requests_are_refused_before_training(tmp_path, small_nodes, split, default_model_path):
     train, _ = split
