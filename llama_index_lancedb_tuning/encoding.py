@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, get_args
 
 import numpy as np
@@ -40,6 +40,7 @@ from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from .config import Backend, EncoderBackend
 from .errors import TuningError
 from .models import ENCODE_BATCH, resolve_model, transformers_bars_off
+from .replicas import BatchEncoder, ReplicaPool, longest_first_batches
 
 BACKENDS: tuple[str, ...] = get_args(Backend)
 # The vector column's metadata key naming the runtime that made a table's vectors.
@@ -50,15 +51,6 @@ MAX_ENCODE_WORKERS = 4
 # A core counts as free while other work keeps less than this share of it busy.
 BUSY_SHARE_TOLERATED = 0.3
 LOAD_SAMPLE_S = 0.1
-
-BatchEncoder = Callable[[list[str]], np.ndarray]
-
-
-def longest_first_batches(texts: list[str], batch_size: int) -> list[np.ndarray]:
-    """Positions of `texts` in batches, longest texts first: each batch pads little, and the last
-    batches are the quick ones."""
-    order = np.argsort([-len(t) for t in texts], kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _onnx_installed() -> bool:
@@ -125,16 +117,6 @@ def load_embed_model(
 def cpu_budget() -> int:
     """Cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-@dataclass
-class ReplicaPool:
-    """The single-threaded copies of one model that encode long lists in parallel, made once and kept
-    by the embedding that owns them."""
-
-    encoders: list[BatchEncoder] = field(default_factory=list)
-    # One parallel encode per model at a time: two would share the replicas' tokenizers (and the cores).
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class HuggingFaceEncoder(HuggingFaceEmbedding):

@@ -24,9 +24,9 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from . import onnx_cache
-from .encoding import ReplicaPool, longest_first_batches
 from .errors import TuningError
 from .models import resolve_model, transformers_bars_off
+from .replicas import ReplicaPool, longest_first_batches
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_qint8_avx2.onnx"
