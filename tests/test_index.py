@@ -133,8 +133,8 @@ def test_evaluation_shares_searches_without_any_global_state(built, small_datase
     import llama_index_lancedb_tuning as package
 
     containers = (dict, list, set, weakref.WeakKeyDictionary, weakref.WeakValueDictionary)
-    for info in pkgutil.iter_modules(package.__path__):
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
+    for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+        module = importlib.import_module(info.name)
         # Module-level containers are constant lookup tables (UPPER_CASE), never state one caller leaves for another.
         state = [
             n
