@@ -33,9 +33,9 @@ def main() -> None:
     import numpy as np
 
     from llama_index_lancedb_tuning import LanceDBIndex, RunConfig, load_dataset, load_embed_model
-    from llama_index_lancedb_tuning.evaluate import evaluate_retriever
-    from llama_index_lancedb_tuning.metrics import mcnemar_p
-    from llama_index_lancedb_tuning.pipeline import build_nodes
+    from llama_index_lancedb_tuning.evaluation.evaluator import evaluate_retriever
+    from llama_index_lancedb_tuning.evaluation.metrics import mcnemar_p
+    from llama_index_lancedb_tuning.tuning.run_loop import build_nodes
 
     datasets = {
         "data_qa": load_dataset(DATA / "data_qa.csv"),

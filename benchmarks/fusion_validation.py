@@ -37,7 +37,7 @@ from llama_index_lancedb_tuning import (
     load_embed_model,
     load_labeled_csv,
 )
-from llama_index_lancedb_tuning.pipeline import build_nodes
+from llama_index_lancedb_tuning.tuning.run_loop import build_nodes
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "data_qa.csv"
 DEPTHS = (1, 2, 3, 4)  # rows per hybrid leg, or candidates reranked, as multiples of k

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from llama_index_lancedb_tuning import chunk_corpus, load_embed_model, load_labeled_csv, model_tokenizer, resolve_model
-from llama_index_lancedb_tuning.encoding import embed_queries
+from llama_index_lancedb_tuning.encoding.embed_models import embed_queries
 from llama_index_lancedb_tuning.pack import FinetunedLanceDBRetrieverPack
 
 SHARED_QA = Path(__file__).resolve().parents[2] / "shared" / "data" / "data_qa.csv"

@@ -25,9 +25,9 @@ from collections.abc import Iterator
 
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
-from llama_index_lancedb_tuning.encoding import load_embed_model
-from llama_index_lancedb_tuning.index import LanceDBIndex
-from llama_index_lancedb_tuning.store import connect, ensure_vector_index, write_nodes
+from llama_index_lancedb_tuning.encoding.embed_models import load_embed_model
+from llama_index_lancedb_tuning.search.index import LanceDBIndex
+from llama_index_lancedb_tuning.store.table import connect, ensure_vector_index, write_nodes
 
 SYLLABLES = [
     "ka",

@@ -67,7 +67,7 @@ def same_tables(ray_table, local_table, queries, embed_model) -> dict:
     import numpy as np
 
     from llama_index_lancedb_tuning import embed_queries
-    from llama_index_lancedb_tuning.store import vector_search_many
+    from llama_index_lancedb_tuning.store.table import vector_search_many
 
     a, b = ray_table.to_arrow().sort_by("id"), local_table.to_arrow().sort_by("id")
     va = np.asarray(a.column("vector").to_pylist(), dtype=np.float32)
@@ -98,7 +98,7 @@ def main() -> None:
     import ray
 
     from llama_index_lancedb_tuning import LanceDBIndex, load_embed_model
-    from llama_index_lancedb_tuning.store import connect, write_nodes
+    from llama_index_lancedb_tuning.store.table import connect, write_nodes
 
     started = time.perf_counter()
     train_set, test, nodes = data()

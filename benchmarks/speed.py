@@ -57,7 +57,7 @@ def ensure_anchor_env(log) -> None:
 
 def raw_encode_rate(model, texts: list[str], batch_size: int) -> float:
     """Texts per second through the model's own batched `encode`, one model, no replicas, nothing written."""
-    from llama_index_lancedb_tuning.onnx_backend import OnnxEmbedding
+    from llama_index_lancedb_tuning.encoding.onnx_runtime import OnnxEmbedding
 
     if isinstance(model, OnnxEmbedding):
         encoder = OnnxEmbedding(model.model_name, model.int8, batch_size)
@@ -98,9 +98,9 @@ def anchor_train(train_json: str, val_json: str, out_dir: str, epochs: int, batc
 def backend_quality(nodes, test, backend: str, uri: str, k: int) -> float:
     """Held-out vector hit@k of an index of the plain nodes built with this encoder backend
     (the ingest table holds copies that would crowd the top k)."""
-    from llama_index_lancedb_tuning.encoding import load_embed_model
-    from llama_index_lancedb_tuning.evaluate import evaluate_retriever
-    from llama_index_lancedb_tuning.index import LanceDBIndex
+    from llama_index_lancedb_tuning.encoding.embed_models import load_embed_model
+    from llama_index_lancedb_tuning.evaluation.evaluator import evaluate_retriever
+    from llama_index_lancedb_tuning.search.index import LanceDBIndex
 
     index = LanceDBIndex.build(
         nodes, load_embed_model(None, backend=backend), uri, f"quality_{backend}", "overwrite", show_progress=False
@@ -145,14 +145,14 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from llama_index_lancedb_tuning import load_labeled_csv, resolve_model
-    from llama_index_lancedb_tuning.encoding import load_embed_model, resolve_backend
-    from llama_index_lancedb_tuning.evaluate import evaluate_retriever, evaluate_retrievers
-    from llama_index_lancedb_tuning.finetune import EmbeddingFinetuner, FinetuneConfig
-    from llama_index_lancedb_tuning.index import LanceDBIndex
-    from llama_index_lancedb_tuning.pipeline import RunConfig, build_nodes
-    from llama_index_lancedb_tuning.rerank import hybrid_reranker, node_reranker
-    from llama_index_lancedb_tuning.store import table_nodes
-    from llama_index_lancedb_tuning.training_pairs import source_nodes, training_pairs
+    from llama_index_lancedb_tuning.encoding.embed_models import load_embed_model, resolve_backend
+    from llama_index_lancedb_tuning.evaluation.evaluator import evaluate_retriever, evaluate_retrievers
+    from llama_index_lancedb_tuning.search.index import LanceDBIndex
+    from llama_index_lancedb_tuning.search.rerankers import hybrid_reranker, node_reranker
+    from llama_index_lancedb_tuning.store.table import table_nodes
+    from llama_index_lancedb_tuning.training.finetuner import EmbeddingFinetuner, FinetuneConfig
+    from llama_index_lancedb_tuning.training.training_pairs import source_nodes, training_pairs
+    from llama_index_lancedb_tuning.tuning.run_loop import RunConfig, build_nodes
 
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="speed-"))

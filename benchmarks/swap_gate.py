@@ -67,9 +67,9 @@ def answers(pack: FinetunedLanceDBRetrieverPack, test: QADataset) -> list[list[s
 
 def swap_seconds(n: int) -> dict:
     """Seconds to promote n re-embedded rows as a version, and to write them as a new table instead."""
-    from llama_index_lancedb_tuning.encoders import EncoderNames, record_encoders
-    from llama_index_lancedb_tuning.store import connect, ensure_fts_index, table_schema
-    from llama_index_lancedb_tuning.versions import promote
+    from llama_index_lancedb_tuning.store.encoder_record import EncoderNames, record_encoders
+    from llama_index_lancedb_tuning.store.table import connect, ensure_fts_index, table_schema
+    from llama_index_lancedb_tuning.store.versions import promote
 
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(5000)]

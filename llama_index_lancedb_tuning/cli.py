@@ -17,11 +17,11 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
+from .common.redaction import RedactSecrets, redact
+from .common.wording import counted
 from .config import ChunkingConfig, FinetuneConfig, InvalidSetting, RunConfig, SearchConfig, recommended_finetune
 from .errors import TuningError
-from .input_checks import check_inputs
-from .redaction import RedactSecrets, redact
-from .wording import counted
+from .tuning.input_checks import check_inputs
 
 _EXAMPLES = {
     "run": "example:\n  lancedb-tune run examples/sample_qa.csv --out runs/sample\n"
@@ -254,14 +254,14 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 def _generate(args: argparse.Namespace) -> int:
     config = _run_config(args)  # its chunking and seed
     check_inputs(args)
-    from .documents import load_documents
-    from .models import resolve_model
+    from .data.documents import load_documents
+    from .encoding.model_ids import resolve_model
 
     documents = load_documents(args.docs)  # document mistakes are reported before torch is imported
     resolve_model(args.base_model)
-    from .llm_pairs import generate_llm_pairs, llm_from_spec
-    from .offline_pairs import generate_offline_pairs
-    from .pipeline import build_nodes
+    from .pairs.llm_pairs import generate_llm_pairs, llm_from_spec
+    from .pairs.offline_pairs import generate_offline_pairs
+    from .tuning.run_loop import build_nodes
 
     nodes = build_nodes(documents, args.base_model, config)
     llm = llm_from_spec(args.llm)
@@ -279,8 +279,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _versions(args: argparse.Namespace) -> int:
-    from .store import connect, open_table
-    from .versions import history, rollback
+    from .store.table import connect, open_table
+    from .store.versions import history, rollback
 
     table = open_table(connect(args.uri), args.table_name)
     if args.command == "rollback":
@@ -328,18 +328,18 @@ def _dispatch(args: argparse.Namespace) -> int:
             "EmbeddingFinetuner.fit instead (docs/scaling.md)"
         )
     if config.engine == "ray":
-        from .ray_ingest import check_ray
+        from .store.ray_ingest import check_ray
 
         check_ray()
-    from .caveats import check_data_size
-    from .documents import load_documents
-    from .labeled_csv import load_dataset
-    from .models import resolve_model
+    from .data.documents import load_documents
+    from .data.labeled_csv import load_dataset
+    from .encoding.model_ids import resolve_model
+    from .evaluation.caveats import check_data_size
 
     if args.command == "run":
         documents, source_table, labeled = None, None, args.data
         if args.table:
-            from .store import connect, open_table
+            from .store.table import connect, open_table
 
             source_table, labeled = open_table(connect(args.table), args.table_name), args.queries
         elif args.queries:
@@ -349,7 +349,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         scored = eval_dataset or dataset
         check_data_size(scored, config.k, config.test_size if config.pairs == "labeled" and eval_dataset is None else None)
         resolve_model(config.finetune.base_model)
-        from .pipeline import tune_and_evaluate
+        from .tuning.run_loop import tune_and_evaluate
 
         report = tune_and_evaluate(
             dataset,
@@ -368,7 +368,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         dataset = load_dataset(args.data, args.query_column, args.context_column)
         check_data_size(dataset, config.k, None)
         resolve_model(args.model)
-        from .pipeline import evaluate_model
+        from .tuning.run_loop import evaluate_model
 
         report = evaluate_model(dataset, args.model, args.out, config, dataset_path=args.data, force=args.force)
     print(report["table"])

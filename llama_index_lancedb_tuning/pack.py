@@ -16,24 +16,24 @@ from llama_index.core.response_synthesizers import BaseSynthesizer, get_response
 from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.schema import BaseNode, Document, NodeWithScore
 
-from .chunking import chunk_corpus, token_counter
 from .config import QUERY_TYPES, ChunkingConfig, SearchConfig, TuneMode
-from .dataset import QADataset
-from .encoders import table_backend
-from .encoding import load_embed_model
+from .data.chunking import chunk_corpus, token_counter
+from .data.qa_dataset import QADataset
+from .encoding.embed_models import load_embed_model
 from .errors import TuningError
-from .gate import Gate
-from .index import LanceDBIndex
-from .metrics import EvalResult
-from .rerank import hybrid_reranker, node_reranker, reranker_name
-from .store import DEFAULT_TABLE, DEFAULT_URI, TableMode
-from .table_tuning import TuneResult, tune_index
-from .versions import Promotion, history, rollback
+from .evaluation.metrics import EvalResult
+from .search.index import LanceDBIndex
+from .search.rerankers import hybrid_reranker, node_reranker, reranker_name
+from .store.encoder_record import table_backend
+from .store.table import DEFAULT_TABLE, DEFAULT_URI, TableMode
+from .store.versions import Promotion, history, rollback
+from .tuning.gate import Gate
+from .tuning.table_tuning import TuneResult, tune_index
 
 if TYPE_CHECKING:
     import lancedb
 
-    from .encoders import EncoderNames
+    from .store.encoder_record import EncoderNames
 
 try:  # llama-index-core <= 0.14.20 ships the base class; 0.14.21+ removed it.
     from llama_index.core.llama_pack import BaseLlamaPack
@@ -214,8 +214,8 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             TuningError: when a query points at no document of the table, or `k` exceeds the
                 table's documents: either would report hit rates that mean nothing.
         """
-        from .caveats import check_k
-        from .source_table import SourceTable
+        from .evaluation.caveats import check_k
+        from .tuning.source_table import SourceTable
 
         source = SourceTable.read(self.lancedb_index.table)
         source.check_labels(dataset)
@@ -225,7 +225,7 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
     def _scores(
         self, ix: LanceDBIndex, dataset: QADataset, k: int, model: str = "model", query_types: Sequence[str] | None = None
     ) -> list[EvalResult]:
-        from .evaluate import evaluate_retrievers
+        from .evaluation.evaluator import evaluate_retrievers
 
         search = SearchConfig(k=k, hybrid=self.hybrid_fusion)  # type: ignore[arg-type]
         reranker = node_reranker(self.reranker_spec, k, ix.embedding, ix.table)

@@ -152,7 +152,7 @@ def test_an_empty_out_is_refused_not_taken_for_the_current_folder(tmp_path, good
 
 
 def test_a_finished_report_is_refused_before_torch_is_imported(tmp_path, good_csv):
-    from llama_index_lancedb_tuning.run_files import take
+    from llama_index_lancedb_tuning.tuning.run_files import take
 
     out = tmp_path / "out"
     out.mkdir()

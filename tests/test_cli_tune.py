@@ -11,8 +11,8 @@ from conftest import llamaindex_table
 from llama_index.core.schema import MetadataMode
 
 from llama_index_lancedb_tuning.cli import main
-from llama_index_lancedb_tuning.encoding import embed_queries, embed_texts, load_embed_model
-from llama_index_lancedb_tuning.store import node_from_row
+from llama_index_lancedb_tuning.encoding.embed_models import embed_queries, embed_texts, load_embed_model
+from llama_index_lancedb_tuning.store.table import node_from_row
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample_qa.csv"
 QUERY_TYPES = {"vector", "fts", "reranked_vector", "reranked_fts", "hybrid"}

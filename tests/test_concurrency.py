@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_kill import DIM, node_ids, shared_zygote, table_ids  # tests/ is on sys.path under pytest's default import mode
 
-from llama_index_lancedb_tuning.store import connect, existing_table, table_schema
+from llama_index_lancedb_tuning.store.table import connect, existing_table, table_schema
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from llama_index_lancedb_tuning.caveats import corpus_overlap_warnings, queries_for_half_width, sample_size_warnings
 from llama_index_lancedb_tuning.config import ChunkingConfig, FinetuneConfig, RerankerSpec, RunConfig, SearchConfig
 from llama_index_lancedb_tuning.errors import TuningError
+from llama_index_lancedb_tuning.evaluation.caveats import corpus_overlap_warnings, queries_for_half_width, sample_size_warnings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def test_the_reranker_spec_is_parsed_once_into_a_typed_value():
 
 def test_config_imports_nothing_heavy():
     code = (
-        "import sys, llama_index_lancedb_tuning.config, llama_index_lancedb_tuning.caveats;"
+        "import sys, llama_index_lancedb_tuning.config, llama_index_lancedb_tuning.evaluation.caveats;"
         "print([m for m in ('torch', 'sentence_transformers', 'transformers', 'lancedb', 'llama_index', 'numpy') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)}, check=True)

@@ -12,8 +12,8 @@ from conftest import DATA_QA
 
 from llama_index_lancedb_tuning import EmbeddingFinetuner, FinetuneConfig, TuningError, load_labeled_csv
 from llama_index_lancedb_tuning.cli import main
-from llama_index_lancedb_tuning.distributed import is_main_process, world_size
-from llama_index_lancedb_tuning.jsonfile import read_json
+from llama_index_lancedb_tuning.common.jsonfile import read_json
+from llama_index_lancedb_tuning.training.distributed import is_main_process, world_size
 
 ROOT = Path(__file__).resolve().parents[1]
 

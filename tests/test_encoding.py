@@ -11,8 +11,8 @@ import pytest
 import torch
 from llama_index.core.embeddings import MockEmbedding
 
-from llama_index_lancedb_tuning import encoding
-from llama_index_lancedb_tuning.encoding import MAX_ENCODE_WORKERS, busy_cores, embed_texts, replica_plan
+from llama_index_lancedb_tuning.encoding import embed_models as encoding
+from llama_index_lancedb_tuning.encoding.embed_models import MAX_ENCODE_WORKERS, busy_cores, embed_texts, replica_plan
 
 
 def test_replicas_give_the_single_models_vectors_in_input_order(embed_model, small_nodes):

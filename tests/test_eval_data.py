@@ -16,7 +16,7 @@ from conftest import SHARED_DATA
 from llama_index_lancedb_tuning import QADataset, RunConfig, TuningError, load_dataset, tune_and_evaluate
 from llama_index_lancedb_tuning.cli import main
 from llama_index_lancedb_tuning.config import recommended_finetune
-from llama_index_lancedb_tuning.pipeline import build_nodes, run_settings, training_data
+from llama_index_lancedb_tuning.tuning.run_loop import build_nodes, run_settings, training_data
 
 ROOT = Path(__file__).resolve().parents[1]
 LYFT = SHARED_DATA / "lyft_uber_10k" / "train_dataset.json"
@@ -99,8 +99,8 @@ def test_cli_run_trains_on_one_file_and_scores_every_query_of_the_other(slice_fi
 def test_adaptation_adds_an_equal_seeded_share_and_no_adapt_turns_it_off(uber):
     from datasets import Dataset
 
-    from llama_index_lancedb_tuning.offline_pairs import generate_offline_pairs
-    from llama_index_lancedb_tuning.training_pairs import with_adaptation_pairs
+    from llama_index_lancedb_tuning.pairs.offline_pairs import generate_offline_pairs
+    from llama_index_lancedb_tuning.training.training_pairs import with_adaptation_pairs
 
     generated = generate_offline_pairs(build_nodes(_slice(uber, SLICE).corpus, None, RunConfig()), seed=42)
     labeled = Dataset.from_dict({"anchor": [f"q{i}" for i in range(5)], "positive": [f"p{i}" for i in range(5)]})

@@ -1,8 +1,8 @@
 import numpy as np
 from llama_index.core.schema import NodeRelationship, NodeWithScore, RelatedNodeInfo, TextNode
 
-from llama_index_lancedb_tuning.metrics import EvalResult, bootstrap_ci, mcnemar_p, reciprocal_ranks
-from llama_index_lancedb_tuning.report import comparison_plot, comparison_table
+from llama_index_lancedb_tuning.evaluation.metrics import EvalResult, bootstrap_ci, mcnemar_p, reciprocal_ranks
+from llama_index_lancedb_tuning.evaluation.report import comparison_plot, comparison_table
 
 
 def _hit(doc):

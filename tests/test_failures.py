@@ -18,7 +18,7 @@ from llama_index.core.schema import TextNode
 
 from llama_index_lancedb_tuning import LanceDBIndex, QADataset, TuningError, load_labeled_csv
 from llama_index_lancedb_tuning.cli import main
-from llama_index_lancedb_tuning.store import connect, write_nodes
+from llama_index_lancedb_tuning.store.table import connect, write_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD_ROWS = [
@@ -36,8 +36,8 @@ def no_models(monkeypatch):
     import sentence_transformers
     import transformers
 
-    import llama_index_lancedb_tuning.index as index_module
-    import llama_index_lancedb_tuning.pipeline as pipeline_module
+    import llama_index_lancedb_tuning.search.index as index_module
+    import llama_index_lancedb_tuning.tuning.run_loop as pipeline_module
 
     def refuse(*args, **kwargs):
         raise ExpensiveWork("a model was loaded before the bad input was noticed")
@@ -211,7 +211,7 @@ def test_unknown_model_id_offline(tmp_path, good_csv, capsys, monkeypatch):
 
 
 def test_finished_report_is_refused_without_force(tmp_path, good_csv, capsys, no_models):
-    from llama_index_lancedb_tuning.run_files import take
+    from llama_index_lancedb_tuning.tuning.run_files import take
 
     out = tmp_path / "out"
     out.mkdir()
@@ -242,7 +242,7 @@ def test_output_path_that_is_a_file(tmp_path, good_csv, capsys, no_models):
 
 def test_unfinished_run_with_other_settings_is_not_mixed_in(tmp_path, good_csv):
     """A killed run's cached stages are reused only by the same command; else refused unless forced."""
-    from llama_index_lancedb_tuning.pipeline import RunConfig, prepare_output, run_settings
+    from llama_index_lancedb_tuning.tuning.run_loop import RunConfig, prepare_output, run_settings
 
     dataset = load_labeled_csv(good_csv)
     out = tmp_path / "out"
@@ -392,10 +392,10 @@ def docs_dir(tmp_path) -> Path:
 def test_openai_key_never_reaches_output_logs_reports_or_errors(tmp_path, docs_dir, capsys, caplog, monkeypatch):
     from openai_server import OpenAIServer
 
-    from llama_index_lancedb_tuning.chunking import chunk_corpus, model_tokenizer
-    from llama_index_lancedb_tuning.documents import load_documents
-    from llama_index_lancedb_tuning.llm_pairs import generate_llm_pairs, llm_from_spec
-    from llama_index_lancedb_tuning.models import resolve_model
+    from llama_index_lancedb_tuning.data.chunking import chunk_corpus, model_tokenizer
+    from llama_index_lancedb_tuning.data.documents import load_documents
+    from llama_index_lancedb_tuning.encoding.model_ids import resolve_model
+    from llama_index_lancedb_tuning.pairs.llm_pairs import generate_llm_pairs, llm_from_spec
 
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     server = OpenAIServer().start()

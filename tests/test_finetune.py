@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture()
 def spy_trainer(monkeypatch):
-    import llama_index_lancedb_tuning.finetune as finetune_module
+    import llama_index_lancedb_tuning.training.finetuner as finetune_module
 
     runs: list[dict] = []
 
@@ -89,9 +89,9 @@ def test_no_refit_without_a_per_epoch_choice(tmp_path, small_dataset, small_node
 def test_given_passage_vectors_pick_the_same_positives(small_dataset, small_nodes, default_model_path):
     from sentence_transformers import SentenceTransformer
 
-    from llama_index_lancedb_tuning.chunking import SOURCE_ID_KEY
-    from llama_index_lancedb_tuning.losses import QueryOnlyLoss
-    from llama_index_lancedb_tuning.training_pairs import source_nodes, training_pairs
+    from llama_index_lancedb_tuning.data.chunking import SOURCE_ID_KEY
+    from llama_index_lancedb_tuning.training.losses import QueryOnlyLoss
+    from llama_index_lancedb_tuning.training.training_pairs import source_nodes, training_pairs
 
     model = SentenceTransformer(default_model_path)
     by_source = source_nodes(small_dataset, small_nodes)

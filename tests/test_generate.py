@@ -16,12 +16,12 @@ from llama_index.core.schema import TextNode
 from llama_index.llms.openai import OpenAI
 from openai_server import OpenAIServer  # tests/ is on sys.path under pytest's default import mode
 
-from llama_index_lancedb_tuning.dataset import QADataset
-from llama_index_lancedb_tuning.documents import load_documents
+from llama_index_lancedb_tuning.data.documents import load_documents
+from llama_index_lancedb_tuning.data.qa_dataset import QADataset
 from llama_index_lancedb_tuning.errors import TuningError
-from llama_index_lancedb_tuning.llm_pairs import generate_llm_pairs, llm_from_spec, parse_questions
-from llama_index_lancedb_tuning.offline_pairs import generate_offline_pairs, source_node_id
-from llama_index_lancedb_tuning.progress_file import progress_path
+from llama_index_lancedb_tuning.pairs.llm_pairs import generate_llm_pairs, llm_from_spec, parse_questions
+from llama_index_lancedb_tuning.pairs.offline_pairs import generate_offline_pairs, source_node_id
+from llama_index_lancedb_tuning.pairs.pairs_file import progress_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -159,7 +159,7 @@ KILL_SCRIPT = textwrap.dedent(
     import sys
     sys.path.insert(0, "tests")
     from llama_index.llms.openai import OpenAI
-    from llama_index_lancedb_tuning.llm_pairs import generate_llm_pairs
+    from llama_index_lancedb_tuning.pairs.llm_pairs import generate_llm_pairs
     from test_generate import make_nodes
     llm = OpenAI(model="gpt-4o-mini", api_key="sk-test", api_base=sys.argv[1], max_retries=0, timeout=5)
     generate_llm_pairs(make_nodes(40), llm, sys.argv[2], max_concurrency=2, show_progress=False)

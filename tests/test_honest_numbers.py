@@ -7,9 +7,9 @@ import json
 import numpy as np
 
 from llama_index_lancedb_tuning.config import RunConfig
-from llama_index_lancedb_tuning.metrics import EvalResult, with_significance
-from llama_index_lancedb_tuning.pipeline import _gate_verdict
-from llama_index_lancedb_tuning.run_directory import _data_line, training_source, write_report
+from llama_index_lancedb_tuning.evaluation.metrics import EvalResult, with_significance
+from llama_index_lancedb_tuning.tuning.run_directory import _data_line, training_source, write_report
+from llama_index_lancedb_tuning.tuning.run_loop import _gate_verdict
 
 TYPES = ("vector", "fts", "reranked_vector", "reranked_fts", "hybrid")
 NO_GATE_POSSIBLE = "the gate needs labeled training queries over the scored corpus"

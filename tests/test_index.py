@@ -4,7 +4,7 @@ from lancedb.table import AsyncTable
 from llama_index.core.schema import TextNode
 
 from llama_index_lancedb_tuning import LanceDBIndex, TuningError, evaluate_retriever, hybrid_reranker, node_reranker
-from llama_index_lancedb_tuning.encoding import embed_queries, embed_texts
+from llama_index_lancedb_tuning.encoding.embed_models import embed_queries, embed_texts
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def _same_up_to_ties(got, want, name):
 
 
 def test_shared_search_serves_every_query_type_with_lancedb_own_results(built, small_dataset):
-    from llama_index_lancedb_tuning.shared_search import SharedSearch
+    from llama_index_lancedb_tuning.search.shared_search import SharedSearch
 
     index, _ = built
     reranker = node_reranker("fusion", 5, index.embed_model, index.table)
@@ -105,8 +105,8 @@ def test_shared_search_serves_every_query_type_with_lancedb_own_results(built, s
 
 
 def test_full_text_queries_awaited_together_give_each_query_own_results(built, small_dataset):
-    from llama_index_lancedb_tuning.shared_search import full_text_many
-    from llama_index_lancedb_tuning.store import fts_ids
+    from llama_index_lancedb_tuning.search.shared_search import full_text_many
+    from llama_index_lancedb_tuning.store.table import fts_ids
 
     index, _ = built
     queries = [small_dataset.queries[q] for q in small_dataset.query_ids[:12]] + ["qqqzzzxxy"]

@@ -24,9 +24,9 @@ from llama_index.core.schema import TextNode
 
 from llama_index_lancedb_tuning import QADataset, TuningError
 from llama_index_lancedb_tuning.cli import main
-from llama_index_lancedb_tuning.index import LanceDBIndex
-from llama_index_lancedb_tuning.metrics import EvalResult
-from llama_index_lancedb_tuning.store import connect, existing_table, missing_nodes, write_nodes
+from llama_index_lancedb_tuning.evaluation.metrics import EvalResult
+from llama_index_lancedb_tuning.search.index import LanceDBIndex
+from llama_index_lancedb_tuning.store.table import connect, existing_table, missing_nodes, write_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 8
@@ -36,7 +36,7 @@ import json, os, sys, warnings
 warnings.simplefilter("ignore")
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.schema import TextNode
-from llama_index_lancedb_tuning.store import connect, existing_table, missing_nodes, write_nodes
+from llama_index_lancedb_tuning.store.table import connect, existing_table, missing_nodes, write_nodes
 
 def job(spec):
     db = connect(spec["uri"])
@@ -236,7 +236,7 @@ def one_torch_thread():
 
 
 def test_killed_finetune_resumes_from_the_last_checkpoint(tmp_path, monkeypatch, one_torch_thread):
-    import llama_index_lancedb_tuning.finetune as finetune_module
+    import llama_index_lancedb_tuning.training.finetuner as finetune_module
     from llama_index_lancedb_tuning import EmbeddingFinetuner, FinetuneConfig
 
     calls = {"resume": [], "steps": 0, "global_step": None, "kill_at": -1}
@@ -293,7 +293,7 @@ def staged(monkeypatch, tmp_path):
 
     They make no tables, so runs on it pass --no-gate (the gate scores the tables).
     """
-    import llama_index_lancedb_tuning.pipeline as pipeline_module
+    import llama_index_lancedb_tuning.tuning.run_loop as pipeline_module
 
     state = {"scored": [], "fits": [], "kill_at": None}
 

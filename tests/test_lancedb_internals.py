@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import lancedb
 
-from llama_index_lancedb_tuning.lancedb_internals import async_table, run_on_lancedb_loop, table_connection
+from llama_index_lancedb_tuning.store.lancedb_internals import async_table, run_on_lancedb_loop, table_connection
 
 
 def test_a_sync_table_exposes_its_connection_async_table_and_loop(tmp_path):

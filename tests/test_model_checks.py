@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llama_index_lancedb_tuning import TuningError, node_reranker
-from llama_index_lancedb_tuning.models import resolve_cross_encoder
+from llama_index_lancedb_tuning.encoding.model_ids import resolve_cross_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample_qa.csv"
@@ -45,7 +45,7 @@ def test_the_cli_refuses_a_bi_encoder_reranker_before_any_scoring(tmp_path, defa
 def test_a_saved_model_gets_the_permissions_of_any_new_file(tmp_path, default_model_path):
     from sentence_transformers import SentenceTransformer
 
-    from llama_index_lancedb_tuning.finetune import save_model
+    from llama_index_lancedb_tuning.training.finetuner import save_model
 
     probe = tmp_path / "probe"
     probe.touch()

@@ -11,7 +11,7 @@ import pytest
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
-from llama_index_lancedb_tuning.index import LanceDBIndex
+from llama_index_lancedb_tuning.search.index import LanceDBIndex
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
 boto3 = pytest.importorskip("boto3")

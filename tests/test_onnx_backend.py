@@ -10,8 +10,8 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
 from llama_index_lancedb_tuning import LanceDBIndex, TuningError, load_embed_model
-from llama_index_lancedb_tuning.encoding import BACKEND_KEY, embed_queries, embed_texts, resolve_backend
-from llama_index_lancedb_tuning.store import vector_field_metadata
+from llama_index_lancedb_tuning.encoding.embed_models import BACKEND_KEY, embed_queries, embed_texts, resolve_backend
+from llama_index_lancedb_tuning.store.table import vector_field_metadata
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def onnx_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def onnx_models(onnx_cache, default_model_path):
-    from llama_index_lancedb_tuning.onnx_backend import OnnxEmbedding
+    from llama_index_lancedb_tuning.encoding.onnx_runtime import OnnxEmbedding
 
     return OnnxEmbedding(default_model_path, cache_dir=onnx_cache), OnnxEmbedding(
         default_model_path, int8=True, cache_dir=onnx_cache
@@ -59,7 +59,7 @@ def test_parallel_onnx_replicas_give_the_same_vectors(onnx_models, small_nodes):
 
 
 def test_export_is_made_once_and_reused(onnx_cache, default_model_path, onnx_models):
-    from llama_index_lancedb_tuning.onnx_backend import export_onnx
+    from llama_index_lancedb_tuning.encoding.onnx_runtime import export_onnx
 
     files = sorted(onnx_cache.rglob("*.onnx"))
     assert [f.name for f in files] == ["model.onnx", "model_qint8_avx2.onnx"]

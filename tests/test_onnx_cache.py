@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from llama_index_lancedb_tuning import TuningError, onnx_cache
-from llama_index_lancedb_tuning.onnx_backend import FP32_FILE, export_onnx
+from llama_index_lancedb_tuning.encoding.onnx_runtime import FP32_FILE, export_onnx
 
 DAY = 86_400
 

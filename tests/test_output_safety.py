@@ -11,7 +11,7 @@ import pytest
 
 from llama_index_lancedb_tuning import TuningError
 from llama_index_lancedb_tuning.cli import main
-from llama_index_lancedb_tuning.run_directory import claim_tables, locked_output, prepare_output
+from llama_index_lancedb_tuning.tuning.run_directory import claim_tables, locked_output, prepare_output
 
 SETTINGS = {"data_sha1": "a", "config": {"k": 5}}
 OTHER_SETTINGS = {"data_sha1": "b", "config": {"k": 5}}

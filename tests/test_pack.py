@@ -12,11 +12,11 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.schema import MetadataMode, TextNode
 
 from llama_index_lancedb_tuning import QADataset, TuningError, evaluate_retriever
-from llama_index_lancedb_tuning.chunking import SOURCE_ID_KEY
-from llama_index_lancedb_tuning.cohere_rerank import COHERE_MODEL, cohere_reranker
 from llama_index_lancedb_tuning.config import RERANK_OVERFETCH
-from llama_index_lancedb_tuning.encoding import embed_queries, embed_texts
+from llama_index_lancedb_tuning.data.chunking import SOURCE_ID_KEY
+from llama_index_lancedb_tuning.encoding.embed_models import embed_queries, embed_texts
 from llama_index_lancedb_tuning.pack import BaseLlamaPack, FinetunedLanceDBRetrieverPack, write_pack_source
+from llama_index_lancedb_tuning.search.cohere_rerank import COHERE_MODEL, cohere_reranker
 
 TYPES = ("vector", "fts", "reranked_vector", "reranked_fts", "hybrid")
 SECRET = "sk-test-NEVER-PRINT-7f3a9c"
@@ -99,8 +99,8 @@ def test_reopen_gives_identical_results_without_reembedding(built, small_dataset
     pack, uri = built
     table = pack.get_modules()["table"]
     version, rows = table.version, table.count_rows()
-    import llama_index_lancedb_tuning.index as index_module
-    import llama_index_lancedb_tuning.store as store_module
+    import llama_index_lancedb_tuning.search.index as index_module
+    import llama_index_lancedb_tuning.store.table as store_module
 
     def no_embedding(*args, **kwargs):
         raise AssertionError("reopening must not embed passages")
@@ -174,7 +174,7 @@ def test_query_engine_with_an_llm(built, small_dataset, embed_model):
 def test_download_pack_copy_imports_and_runs(tmp_path, small_nodes, embed_model, small_dataset):
     dest = write_pack_source(tmp_path / "my_pack")
     source = (dest / "base.py").read_text()
-    assert "from llama_index_lancedb_tuning.index import" in source
+    assert "from llama_index_lancedb_tuning.search.index import" in source
     assert not [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.level]
     spec = importlib.util.spec_from_file_location("my_pack_copy", dest / "__init__.py", submodule_search_locations=[str(dest)])
     module = importlib.util.module_from_spec(spec)

@@ -8,10 +8,10 @@ from llama_index.core import Document
 from llama_index.core.schema import MetadataMode, TextNode
 
 from llama_index_lancedb_tuning import QADataset, RunConfig, TuningError
-from llama_index_lancedb_tuning.encoders import EncoderPair, recorded_encoders
-from llama_index_lancedb_tuning.encoding import embed_queries, embed_texts
+from llama_index_lancedb_tuning.encoding.embed_models import embed_queries, embed_texts
 from llama_index_lancedb_tuning.pack import FinetunedLanceDBRetrieverPack
-from llama_index_lancedb_tuning.pipeline import score_model
+from llama_index_lancedb_tuning.store.encoder_record import EncoderPair, recorded_encoders
+from llama_index_lancedb_tuning.tuning.run_loop import score_model
 
 TYPES = ["vector", "fts", "reranked_vector", "reranked_fts", "hybrid"]
 QUICK = {"epochs": 1, "eval_each_epoch": False, "refit": False}

@@ -110,8 +110,8 @@ def test_building_and_querying_a_pack_prints_nothing(tmp_path, onnx_cache_dir):
 @pytest.mark.parametrize("fusion", ["rrf", "linear"])
 def test_hybrid_legs_run_here_give_lancedbs_own_hybrid_answer(tmp_path, fusion, embed_model, small_nodes, small_dataset):
     from llama_index_lancedb_tuning import LanceDBIndex, hybrid_reranker
-    from llama_index_lancedb_tuning.encoding import embed_queries
-    from llama_index_lancedb_tuning.store import RESULT_COLUMNS
+    from llama_index_lancedb_tuning.encoding.embed_models import embed_queries
+    from llama_index_lancedb_tuning.store.table import RESULT_COLUMNS
 
     index = LanceDBIndex.build(small_nodes, embed_model, uri=str(tmp_path), table_name="t", show_progress=False)
     reranker = hybrid_reranker(fusion)

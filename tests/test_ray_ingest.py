@@ -11,7 +11,7 @@ from test_object_store import BUCKET, s3  # noqa: F401  (the s3 fixture: moto's 
 
 from llama_index_lancedb_tuning import LanceDBIndex, TuningError
 from llama_index_lancedb_tuning.cli import main
-from llama_index_lancedb_tuning.store import connect, write_nodes
+from llama_index_lancedb_tuning.store.table import connect, write_nodes
 
 
 @pytest.fixture(scope="module")

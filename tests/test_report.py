@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from llama_index_lancedb_tuning.metrics import EvalResult
-from llama_index_lancedb_tuning.report import comparison_figure, comparison_table, gain_verdict
+from llama_index_lancedb_tuning.evaluation.metrics import EvalResult
+from llama_index_lancedb_tuning.evaluation.report import comparison_figure, comparison_table, gain_verdict
 
 TYPES = ("vector", "fts", "reranked_vector", "reranked_fts", "hybrid")
 

@@ -15,9 +15,8 @@ import pytest
 from cohere.core.api_error import ApiError
 from lancedb.index import FTS
 
-from llama_index_lancedb_tuning.errors import TuningError
-from llama_index_lancedb_tuning.redaction import RedactSecrets, redact
-from llama_index_lancedb_tuning.retries import (
+from llama_index_lancedb_tuning.common.redaction import RedactSecrets, redact
+from llama_index_lancedb_tuning.common.retries import (
     is_fatal,
     is_timeout,
     is_transient,
@@ -27,6 +26,7 @@ from llama_index_lancedb_tuning.retries import (
     status_code,
     transient_retries,
 )
+from llama_index_lancedb_tuning.errors import TuningError
 
 REQUEST = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
 SECRET = "sk-test-NEVER-PRINT-7f3a9c"

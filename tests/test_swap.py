@@ -17,9 +17,9 @@ import pyarrow as pa
 import pytest
 from test_kill import DIM, ZYGOTE, shared_zygote  # tests/ is on sys.path under pytest's default import mode
 
-from llama_index_lancedb_tuning.encoders import EncoderNames, record_encoders, recorded_encoders
-from llama_index_lancedb_tuning.store import connect, ensure_fts_index, table_schema
-from llama_index_lancedb_tuning.versions import current_promotion, history, rollback
+from llama_index_lancedb_tuning.store.encoder_record import EncoderNames, record_encoders, recorded_encoders
+from llama_index_lancedb_tuning.store.table import connect, ensure_fts_index, table_schema
+from llama_index_lancedb_tuning.store.versions import current_promotion, history, rollback
 
 ROWS = 300
 MODELS = {"a": EncoderNames("model-a", "model-a"), "b": EncoderNames("model-b", "model-b")}
@@ -39,9 +39,9 @@ import json, os, sys, warnings
 warnings.simplefilter("ignore")
 import numpy as np
 import pyarrow as pa
-from llama_index_lancedb_tuning.encoders import EncoderNames
-from llama_index_lancedb_tuning.store import connect
-from llama_index_lancedb_tuning.versions import promote, rollback
+from llama_index_lancedb_tuning.store.encoder_record import EncoderNames
+from llama_index_lancedb_tuning.store.table import connect
+from llama_index_lancedb_tuning.store.versions import promote, rollback
 """
     + inspect.getsource(model_vectors)
     + r"""
@@ -151,7 +151,7 @@ def test_a_kill_at_any_point_of_a_promotion_leaves_the_old_or_the_new_state_whol
 
 def test_history_and_rollback_from_the_command_line(tmp_path, capsys):
     from llama_index_lancedb_tuning.cli import main
-    from llama_index_lancedb_tuning.versions import promote
+    from llama_index_lancedb_tuning.store.versions import promote
 
     uri = str(tmp_path)
     table = serving_table(uri)
@@ -179,8 +179,8 @@ def test_history_and_rollback_from_the_command_line(tmp_path, capsys):
 
 
 def test_the_gate_promotes_only_when_validation_shows_no_loss():
-    from llama_index_lancedb_tuning.gate import judge
-    from llama_index_lancedb_tuning.metrics import EvalResult
+    from llama_index_lancedb_tuning.evaluation.metrics import EvalResult
+    from llama_index_lancedb_tuning.tuning.gate import judge
 
     def scored(hits: list[int]) -> EvalResult:
         return EvalResult.from_reciprocal_ranks(np.array(hits, dtype=float), "m", "hybrid", None, 0.0)
@@ -202,8 +202,8 @@ def test_the_gate_promotes_only_when_validation_shows_no_loss():
 
 def test_the_gate_needs_queries_the_model_never_trains_on(small_dataset):
     from llama_index_lancedb_tuning import TuningError
-    from llama_index_lancedb_tuning.finetune import FinetuneConfig
-    from llama_index_lancedb_tuning.gate import gate_queries
+    from llama_index_lancedb_tuning.training.finetuner import FinetuneConfig
+    from llama_index_lancedb_tuning.tuning.gate import gate_queries
 
     # The default recipe never trains on its validation carve: the fine-tuner gets every query and
     # carves the gate's queries itself.

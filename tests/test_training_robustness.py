@@ -58,7 +58,7 @@ def test_a_finished_run_keeps_only_the_model_and_its_metrics(tmp_path):
 
 
 def test_resume_skips_a_checkpoint_torn_by_a_kill(tmp_path, monkeypatch):
-    import llama_index_lancedb_tuning.finetune as finetune_module
+    import llama_index_lancedb_tuning.training.finetuner as finetune_module
 
     calls = {"steps": 0, "kill_at": 3, "resume": []}
 

@@ -1,0 +1,178 @@
+"""Tuning the embedding model of a table an app already has, on the table's own nodes.
+
+Two recipes. `query`: the table's stored vectors stay as they are, frozen, and only a query
+encoder is trained against them (`QueryOnlyLoss`); no row is rewritten, and new documents
+are still embedded by the table's original model. `full`: both sides are tuned and every
+row is re-embedded with the tuned model (ids, text and metadata kept).
+
+Either way the table serves the old model until the gate (`gate`) passes the tuned one: a full
+candidate is scored in a scratch copy of the table, and only a promotion (`versions`) writes
+to the table, as a new tagged version.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from itertools import chain, count
+from pathlib import Path
+from typing import Any, get_args
+
+import lancedb
+import pyarrow as pa
+from llama_index.core.base.embeddings.base import BaseEmbedding
+
+from ..config import FinetuneConfig, TuneMode
+from ..data.qa_dataset import QADataset
+from ..encoding.embed_models import load_embed_model
+from ..errors import TuningError
+from ..evaluation.metrics import EvalResult
+from ..search.index import LanceDBIndex
+from ..store.encoder_record import EncoderNames, encoder_name, table_backend
+from ..store.table import ensure_fts_index, table_nodes
+from ..store.versions import promote, reembedded_rows
+from .gate import UNGATED, Gate, gate_queries
+
+TUNE_MODES: tuple[str, ...] = get_args(TuneMode)
+# Set by the recipe itself: an override would contradict the mode or the table's model.
+_RECIPE_FIELDS = ("freeze_passages",)
+
+
+@dataclass
+class TuneResult:
+    """What a tuning did: the model it trained, whether the gate put it in service, and why.
+
+    Args:
+        model_path: the tuned model (saved whether promoted or not; each attempt in its own folder).
+        promoted: whether the table serves it now.
+        reason: the gate's verdict in one line.
+        version: the table version serving now (a new one when promoted).
+        serving: the serving model's figures on the gate's validation queries (None without the gate).
+        tuned: the tuned model's figures on the same queries.
+        p_value: McNemar's p of the paired hits.
+        metrics: the fine-tuning's own `metrics.json`.
+        train_seconds: seconds of fine-tuning.
+    """
+
+    model_path: Path
+    promoted: bool
+    reason: str
+    version: int
+    serving: EvalResult | None = None
+    tuned: EvalResult | None = None
+    p_value: float | None = None
+    metrics: dict = field(default_factory=dict)
+    train_seconds: float = 0.0
+
+
+def default_output_dir(index: LanceDBIndex, mode: TuneMode) -> Path:
+    """Beside a local table: `<uri>/<table>.<mode>-tuned-v<version>`, new for each tuning of the table.
+
+    A tuning the gate refused keeps its model there, and trying again on the same version is the
+    normal next step, so each later attempt gets the next free `...-v<version>-<attempt>` folder.
+    """
+    table = index.table
+    uri = getattr(table, "uri", None)  # a LanceDB Cloud table has none
+    if not isinstance(uri, str) or ("://" in uri and not uri.startswith("file://")):
+        raise TuningError(f"table '{table.name}' is not on local disk; pass output_dir= for the tuned model")
+    first = Path(uri.removeprefix("file://")).parent / f"{table.name}.{mode}-tuned-v{table.version}"
+    attempts = (first.with_name(f"{first.name}-{n}") for n in count(2))
+    return next(path for path in chain([first], attempts) if not path.exists())
+
+
+def tuning_config(index: LanceDBIndex, mode: TuneMode, overrides: dict[str, Any]) -> FinetuneConfig:
+    """The fine-tuning settings: quiet, from the table's document encoder, frozen passages for `query`."""
+    if mode not in TUNE_MODES:
+        raise TuningError(f"unknown tuning mode '{mode}'; use query (table kept) or full (table re-embedded)")
+    known = {f.name for f in fields(FinetuneConfig)} - set(_RECIPE_FIELDS)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TuningError(
+            f"unknown fine-tuning setting {', '.join(unknown)}; use FinetuneConfig's fields: {', '.join(sorted(known))}"
+        )
+    base = overrides.get("base_model") or encoder_name(index.embed_model)
+    if base is None:
+        raise TuningError("the table's embed_model has no model path to tune from; pass base_model=PATH_OR_HUB_ID")
+    settings = {"show_progress": False, **overrides, "base_model": base, "freeze_passages": mode == "query"}
+    return FinetuneConfig(**settings)
+
+
+@contextmanager
+def _scratch_index(rows: pa.Table, tuned: BaseEmbedding) -> Iterator[LanceDBIndex]:
+    """The re-embedded rows in a throwaway local table, to score before anything is promoted."""
+    with tempfile.TemporaryDirectory(prefix="lancedb-tune-candidate-") as scratch:
+        table = lancedb.connect(scratch).create_table("candidate", rows)
+        ensure_fts_index(table)
+        yield LanceDBIndex(table, tuned)
+
+
+def tune_index(
+    index: LanceDBIndex,
+    train: QADataset,
+    mode: TuneMode = "query",
+    output_dir: str | Path | None = None,
+    gate: Gate | None = None,
+    eval_dataset: QADataset | None = None,
+    **overrides: Any,
+) -> tuple[LanceDBIndex, TuneResult]:
+    """Tune the table's model on `train`; return the index serving afterwards and what happened.
+
+    Training nodes are the table's rows, grouped by the document each came from (its `source_id`
+    metadata, else its `ref_doc_id`), so `train`'s corpus ids must be those documents' ids.
+
+    Args:
+        index: the table and its models.
+        train: labeled queries over the table's documents.
+        mode: `query` (the table is not rewritten) or `full` (the table is re-embedded).
+        output_dir: where the tuned model goes; default beside a local table (required otherwise).
+        gate: how to score both models on the gate's queries; None promotes without a gate.
+        eval_dataset: the gate's queries (None: the `val_fraction` of `train` the fine-tuner never trains on).
+        **overrides: `FinetuneConfig` fields (epochs, learning_rate, batch_size...).
+    """
+    from ..training.finetuner import EmbeddingFinetuner  # torch and sentence-transformers: only once tuning starts
+
+    config = tuning_config(index, mode, overrides)
+    document_name = encoder_name(index.embed_model)
+    if mode == "query" and document_name is None:
+        raise TuningError(
+            "the table's embed_model has no model path to record beside the tuned query encoder; open it with a path or hub id"
+        )
+    out = Path(output_dir).expanduser() if output_dir is not None else default_output_dir(index, mode)
+    if out.is_dir() and any(out.iterdir()):
+        raise TuningError(f"{out} exists and is not empty; pass another output_dir= for the tuned model")
+    fit, held_out = gate_queries(train, eval_dataset, config) if gate else (train, None)
+    nodes = table_nodes(index.table)
+    stored = {n.node_id: n.embedding for n in nodes} if mode == "query" else None
+    trained = EmbeddingFinetuner(config).fit(fit, out, nodes, stored_vectors=stored)  # type: ignore[arg-type]
+    tuned_name = str(out.resolve())
+    tuned = load_embed_model(tuned_name, backend=table_backend(index.table))  # the runtime of the table's vectors
+    rows = reembedded_rows(index.table, tuned) if mode == "full" else None
+    verdict = UNGATED
+    if gate is not None and held_out is not None:
+        if rows is None:
+            verdict = gate.verdict(index, LanceDBIndex(index.table, index.embed_model, tuned), held_out)
+        else:
+            with _scratch_index(rows, tuned) as candidate:
+                verdict = gate.verdict(index, candidate, held_out)
+    result = TuneResult(
+        model_path=trained.model_path,
+        promoted=verdict.promoted,
+        reason=verdict.reason,
+        version=index.table.version,
+        serving=verdict.serving,
+        tuned=verdict.tuned,
+        p_value=verdict.p_value,
+        metrics=trained.metrics,
+        train_seconds=trained.train_seconds,
+    )
+    if not verdict.promoted:
+        return index, result
+    names = EncoderNames(tuned_name, document_name if mode == "query" else tuned_name)  # type: ignore[arg-type]
+    query_name = encoder_name(index.query_model)
+    serving = EncoderNames(query_name, document_name) if query_name and document_name else None
+    result.version = promote(index.table, names, serving, verdict.figures(), rows)
+    if mode == "query":
+        return LanceDBIndex(index.table, index.embed_model, tuned), result
+    return LanceDBIndex(index.table, tuned), result
