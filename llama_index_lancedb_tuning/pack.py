@@ -16,6 +16,7 @@ from llama_index.core.response_synthesizers import BaseSynthesizer, get_response
 from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.schema import BaseNode, Document, NodeWithScore
 
+from .common.llama_index_internals import sentence_transformer_of
 from .config import QUERY_TYPES, ChunkingConfig, SearchConfig, TuneMode
 from .data.chunking import chunk_corpus, token_counter
 from .data.qa_dataset import QADataset
@@ -54,7 +55,7 @@ def _document_nodes(
     documents: Sequence[Document], embed_model: BaseEmbedding, chunk_size: int, chunk_overlap: int, fix_glued_words: bool
 ) -> Sequence[BaseNode]:
     # sentence-transformers' model behind a HuggingFaceEmbedding, or an OnnxEmbedding's own.
-    tokenizer = getattr(getattr(embed_model, "_model", embed_model), "tokenizer", None)
+    tokenizer = getattr(sentence_transformer_of(embed_model) or embed_model, "tokenizer", None)
     if tokenizer is None:
         raise TuningError("pass nodes= with this embed_model: documents are split with a sentence-transformers tokenizer")
     corpus = {d.doc_id: d.text for d in documents if d.text.strip()}

@@ -37,6 +37,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
+from ..common.llama_index_internals import sentence_transformer_of
 from ..config import Backend, EncoderBackend
 from ..errors import TuningError
 from .model_ids import ENCODE_BATCH, resolve_model, transformers_bars_off
@@ -158,8 +159,8 @@ def _runtime(embed_model: BaseEmbedding) -> _Runtime | None:
             lambda threads: embed_model.replica(threads).encode,
             lambda _: nullcontext(),
         )
-    st_model = getattr(embed_model, "_model", None)
-    if isinstance(embed_model, HuggingFaceEmbedding) and st_model is not None:
+    st_model = sentence_transformer_of(embed_model)
+    if st_model is not None:
 
         def encode(texts: list[str], batch_size: int) -> np.ndarray:
             return st_model.encode(

@@ -18,6 +18,7 @@ from typing import Any
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from tenacity import RetryCallState
 
+from ..common.llama_index_internals import replace_cohere_client
 from ..common.redaction import redact
 from ..common.retries import is_timeout, is_transient, status_code, transient_retries
 from ..config import COHERE_MODEL
@@ -132,5 +133,5 @@ def cohere_reranker(
     # max_retries=1: one tenacity attempt inside CohereRerank; the bounded client does the retrying.
     reranker = CohereRerank(top_n=top_n, model=model, api_key=key, base_url=url, max_retries=1)
     client = ClientV2(api_key=key, base_url=url, timeout=timeout)
-    reranker._client = _BoundedCohereClient(client, key, url, timeout, max_retries, backoff)
+    replace_cohere_client(reranker, _BoundedCohereClient(client, key, url, timeout, max_retries, backoff))
     return reranker
