@@ -28,6 +28,11 @@ HybridFusion = Literal["rrf", "linear"]
 RerankerKind = Literal["fusion", "cohere", "cross-encoder"]
 QueryType = Literal["vector", "fts", "reranked_vector", "reranked_fts", "hybrid"]
 QUERY_TYPES: tuple[QueryType, ...] = get_args(QueryType)
+# The query type that answers users unless told otherwise: the pack's default, and the one the
+# gate decides on, in the pack and in `lancedb-tune run` alike.
+SERVING_QUERY_TYPE: QueryType = "hybrid"
+# `full` re-embeds the table with the tuned model; the gate keeps a worse one out of service.
+DEFAULT_TUNE_MODE: TuneMode = "full"
 
 # Candidates per query as multiples of k, picked on validation queries of data_qa.csv's
 # cross-validation folds (BENCHMARKS.md): a reranker sees 4k candidates; each leg of a hybrid
@@ -279,7 +284,7 @@ class RunConfig(SearchConfig, ChunkingConfig):
     )
     llm: str | None = field(default=None, metadata={"help": "openai:MODEL or ollama:MODEL, for --pairs llm", "flag": "--llm"})
     tune: TuneMode = field(
-        default="full",
+        default=DEFAULT_TUNE_MODE,
         metadata={
             "help": "full: tune both sides and re-embed the corpus into a tuned table; query: tune the query encoder only, "
             "against the baseline table's stored vectors, which are scored as they are (nothing re-embedded)",

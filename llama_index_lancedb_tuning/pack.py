@@ -17,18 +17,25 @@ from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.schema import BaseNode, Document, NodeWithScore
 
 from .common.llama_index_internals import sentence_transformer_of
-from .config import QUERY_TYPES, ChunkingConfig, SearchConfig, TuneMode
+from .config import (
+    DEFAULT_TUNE_MODE,
+    QUERY_TYPES,
+    SERVING_QUERY_TYPE,
+    ChunkingConfig,
+    RerankerSpec,
+    SearchConfig,
+    TuneMode,
+)
 from .data.chunking import chunk_corpus, token_counter
 from .data.qa_dataset import QADataset
 from .encoding.embed_models import load_embed_model
 from .errors import TuningError
 from .evaluation.metrics import EvalResult
 from .search.index import LanceDBIndex
-from .search.rerankers import hybrid_reranker, node_reranker, reranker_name
+from .search.rerankers import hybrid_reranker, node_reranker
 from .store.encoder_record import table_backend
 from .store.table import DEFAULT_TABLE, DEFAULT_URI, TableMode
 from .store.versions import Promotion, history, rollback
-from .tuning.gate import Gate
 from .tuning.table_tuning import TuneResult, tune_index
 
 if TYPE_CHECKING:
@@ -98,7 +105,7 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         embed_model: str | BaseEmbedding | None = None,
         uri: str = DEFAULT_URI,
         table_name: str = DEFAULT_TABLE,
-        query_type: str = "hybrid",
+        query_type: str = SERVING_QUERY_TYPE,
         reranker: str | BaseNodePostprocessor | None = "fusion",
         similarity_top_k: int = 5,
         llm: LLM | None = None,
@@ -223,27 +230,23 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         check_k(k, len(source.sources()), "k=")
         return self._scores(self.lancedb_index, dataset, k, model)
 
-    def _scores(
-        self, ix: LanceDBIndex, dataset: QADataset, k: int, model: str = "model", query_types: Sequence[str] | None = None
-    ) -> list[EvalResult]:
-        from .evaluation.evaluator import evaluate_retrievers
+    def _search(self, k: int) -> SearchConfig:
+        spec = None if isinstance(self.reranker_spec, BaseNodePostprocessor) else self.reranker_spec
+        return SearchConfig(k=k, hybrid=self.hybrid_fusion, reranker=RerankerSpec.parse(spec))  # type: ignore[arg-type]
 
-        search = SearchConfig(k=k, hybrid=self.hybrid_fusion)  # type: ignore[arg-type]
-        reranker = node_reranker(self.reranker_spec, k, ix.embedding, ix.table)
-        retrievers = ix.retrievers(
-            k, reranker, hybrid_reranker(search.hybrid, search.rrf_k), search.overfetch, search.hybrid_overfetch
-        )
-        retrievers = {qt: r for qt, r in retrievers.items() if query_types is None or qt in query_types}
-        names = {
-            qt: reranker_name(reranker) if qt.startswith("reranked_") else f"lancedb.{search.hybrid}" if qt == "hybrid" else None
-            for qt in retrievers
-        }
-        return evaluate_retrievers(retrievers, dataset, k, model, names)
+    def _app_reranker(self) -> BaseNodePostprocessor | None:
+        """The app's own postprocessor for the reranked types, which no `SearchConfig` spells."""
+        return self.reranker_spec if isinstance(self.reranker_spec, BaseNodePostprocessor) else None
+
+    def _scores(self, ix: LanceDBIndex, dataset: QADataset, k: int, model: str = "model") -> list[EvalResult]:
+        from .evaluation.table_scores import score_index
+
+        return score_index(ix, model, dataset, self._search(k), {}, reranker=self._app_reranker())
 
     def finetune(
         self,
         train: QADataset,
-        mode: TuneMode = "query",
+        mode: TuneMode = DEFAULT_TUNE_MODE,
         output_dir: str | Path | None = None,
         gate: bool = True,
         eval_dataset: QADataset | None = None,
@@ -274,10 +277,17 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             **overrides: `FinetuneConfig` fields (epochs, learning_rate, val_fraction...); bars are off
                 unless `show_progress=True`.
         """
-        k, query_type = self.similarity_top_k, self.query_type
-        scorer = Gate(lambda ix, queries: self._scores(ix, queries, k, query_types=[query_type])[0], k)
         self.lancedb_index, result = tune_index(
-            self.lancedb_index, train, mode, output_dir, scorer if gate else None, eval_dataset, **overrides
+            self.lancedb_index,
+            train,
+            mode,
+            output_dir,
+            self._search(self.similarity_top_k),
+            gate,
+            eval_dataset,
+            self.query_type,
+            self._app_reranker(),
+            **overrides,
         )
         self._build_views()
         return result

@@ -34,17 +34,17 @@ def _scored(lost: int, gained: int, n: int = 44) -> tuple[list[EvalResult], list
 def test_a_run_without_a_gate_is_not_promoted_when_a_query_type_is_significantly_worse():
     scored = _scored(lost=8, gained=1)  # -7 queries, McNemar p = 0.039
     assert scored[1][2].p_vs_baseline == 0.0391
-    verdict = _gate_verdict("unused", RunConfig(), "unused", None, scored)
+    verdict = _gate_verdict(RunConfig(), None, scored)
     assert not verdict.promoted
     assert verdict.reason == (
         f"not promoted: no gate ran ({NO_GATE_POSSIBLE}) and on 44 scored queries the tuned model is significantly "
         "worse than the baseline: reranked_vector hit@5 0.682 -> 0.523 (-7 queries, McNemar p=0.039)"
     )
-    assert "(--no-gate)" in _gate_verdict("unused", RunConfig(gate=False), "unused", None, scored).reason
+    assert "(--no-gate)" in _gate_verdict(RunConfig(gate=False), None, scored).reason
 
 
 def test_a_run_without_a_gate_says_its_promotion_was_not_validated():
-    verdict = _gate_verdict("unused", RunConfig(gate=False), "unused", None, _scored(lost=4, gained=1))  # p = 0.375
+    verdict = _gate_verdict(RunConfig(gate=False), None, _scored(lost=4, gained=1))  # p = 0.375
     assert verdict.promoted
     assert verdict.reason == (
         "promoted without the gate (--no-gate), so not validated; "
@@ -85,7 +85,7 @@ def test_a_report_names_the_documents_generated_pairs_came_from():
 
 def test_an_ungated_refusal_reaches_report_json_and_report_md(tmp_path):
     baseline, tuned = _scored(lost=8, gained=1)
-    verdict = _gate_verdict("unused", RunConfig(), "unused", None, (baseline, tuned))
+    verdict = _gate_verdict(RunConfig(), None, (baseline, tuned))
     dataset = _dataset_block(**training_source("offline", ("labeled.csv", None, "docs/"), {}, None))
     report = {
         "base_model": "base",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode
 
-from ..config import RunConfig
+from ..config import RerankerSpec, SearchConfig
 from ..data.qa_dataset import QADataset
 from ..encoding.embed_models import load_embed_model
 from ..search.index import LanceDBIndex
@@ -23,7 +24,7 @@ def score_model(
     test: QADataset,
     uri: str,
     table_name: str,
-    config: RunConfig,
+    config: SearchConfig,
     timings: dict[str, float],
     timing_key: str = "index",
 ) -> list[EvalResult]:
@@ -45,18 +46,37 @@ def score_model(
 
 
 def score_index(
-    index: LanceDBIndex, label: str, test: QADataset, config: RunConfig, timings: dict[str, float]
+    index: LanceDBIndex,
+    label: str,
+    test: QADataset,
+    config: SearchConfig,
+    timings: dict[str, float],
+    query_types: Sequence[str] | None = None,
+    reranker: RerankerSpec | BaseNodePostprocessor | None = None,
 ) -> list[EvalResult]:
-    """Score the five query types of `index` on `test` (queries by its query encoder); adds to `timings["evaluate"]`."""
+    """Score the query types of `index` on `test` (queries by its query encoder); adds to `timings["evaluate"]`.
+
+    Args:
+        index: the table and its encoders.
+        label: the `model` of every row.
+        test: labeled queries over the table's documents.
+        config: the depths, fusion and reranker of the search.
+        timings: seconds by stage, added to.
+        query_types: the types to score (None: all five).
+        reranker: a postprocessor (or spec) for the reranked types instead of `config.reranker`.
+    """
     t = time.perf_counter()
-    reranker = node_reranker(config.reranker, config.k, index.embedding, index.table)
+    postprocessor = node_reranker(config.reranker if reranker is None else reranker, config.k, index.embedding, index.table)
     retrievers = index.retrievers(
-        config.k, reranker, hybrid_reranker(config.hybrid, config.rrf_k), config.overfetch, config.hybrid_overfetch
+        config.k, postprocessor, hybrid_reranker(config.hybrid, config.rrf_k), config.overfetch, config.hybrid_overfetch
     )
     names = {
-        qt: (reranker_name(reranker) if qt.startswith("reranked_") else f"lancedb.{config.hybrid}" if qt == "hybrid" else None)
+        qt: (
+            reranker_name(postprocessor) if qt.startswith("reranked_") else f"lancedb.{config.hybrid}" if qt == "hybrid" else None
+        )
         for qt in retrievers
+        if query_types is None or qt in query_types
     }
-    results = evaluate_retrievers(retrievers, test, config.k, label, names)
+    results = evaluate_retrievers({qt: retrievers[qt] for qt in names}, test, config.k, label, names)
     timings["evaluate"] = round(timings.get("evaluate", 0.0) + time.perf_counter() - t, 2)
     return results

@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,13 +26,13 @@ from ..encoding.model_ids import DEFAULT_MODEL, resolve_cross_encoder, resolve_m
 from ..errors import TuningError
 from ..evaluation.caveats import check_data_size, corpus_overlap_warnings, sample_size_warnings
 from ..evaluation.metrics import EvalResult, with_significance
-from ..evaluation.table_scores import score_index, score_model
+from ..evaluation.table_scores import score_model
 from ..search.index import LanceDBIndex
 from ..search.rerankers import node_reranker
 from ..store.encoder_record import table_backend
-from ..store.table import connect, open_table, table_nodes
-from ..training.finetuner import EmbeddingFinetuner
-from .gate import Gate, GateVerdict, gate_queries, unvalidated_verdict
+from ..store.table import connect, open_table
+from .gate import GateVerdict, gate_queries, unvalidated_verdict
+from .recipe import TuningRecipe
 from .run_directory import (
     cached_results,
     claim_tables,
@@ -50,8 +49,6 @@ if TYPE_CHECKING:
     import lancedb
 
 logger = logging.getLogger(__name__)
-# The gate scores the query type the pack serves by default.
-GATE_QUERY_TYPE = "hybrid"
 
 
 def build_nodes(corpus: dict[str, str], model: str | None, config: ChunkingConfig) -> list[TextNode]:
@@ -208,27 +205,22 @@ def _baseline_index(uri: str, config: RunConfig) -> LanceDBIndex:
     return LanceDBIndex(table, load_embed_model(config.finetune.base_model, backend=table_backend(table, config.backend)))
 
 
+def _recipe(config: RunConfig) -> TuningRecipe:
+    return TuningRecipe(config.tune, config.finetune, config)
+
+
 def _gate_verdict(
-    uri: str, config: RunConfig, model_dir: str, queries: QADataset | None, scored: tuple[list[EvalResult], list[EvalResult]]
+    config: RunConfig,
+    queries: QADataset | None,
+    scored: tuple[list[EvalResult], list[EvalResult]],
+    indexes: tuple[LanceDBIndex, LanceDBIndex | None] | None = None,
 ) -> GateVerdict:
-    """The gate on the run's tables: the base and the tuned model's hybrid hit@k on the gate's queries;
-    without them, the `scored` (baseline, tuned) rows may refuse the model but not validate it."""
-    if queries is None:
+    """The recipe's gate on the run's (baseline, tuned) `indexes`; without the gate's queries, the
+    `scored` (baseline, tuned) rows may refuse the model but not validate it."""
+    if queries is None or indexes is None or indexes[1] is None:
         why = "--no-gate" if not config.gate else "the gate needs labeled training queries over the scored corpus"
         return unvalidated_verdict(why, *scored, config.k)
-    baseline = _baseline_index(uri, config)
-    # The tuned model queries in the runtime of the table it searches, as the report's tuned row does.
-    table = open_table(connect(uri), "tuned") if config.tune == "full" else baseline.table
-    tuned_model = load_embed_model(model_dir, backend=table_backend(table, config.backend))
-    tuned = (
-        LanceDBIndex(table, tuned_model)
-        if config.tune == "full"
-        else LanceDBIndex(baseline.table, baseline.embed_model, tuned_model)
-    )
-    hybrid = Gate(
-        lambda ix, q: next(r for r in score_index(ix, "gate", q, config, {}) if r.query_type == GATE_QUERY_TYPE), config.k
-    )
-    return hybrid.verdict(baseline, tuned, queries)
+    return _recipe(config).gate().verdict(indexes[0], indexes[1], queries)
 
 
 def _tune_and_evaluate(
@@ -250,6 +242,7 @@ def _tune_and_evaluate(
     if shared:
         raise TuningError(f"{shared} test queries also appear among training queries; remove them from the training data")
     tuning = config.finetune
+    recipe = _recipe(config)
     # The gate needs the tables to index the training queries' documents: labeled pairs over the scored corpus.
     gated = config.gate and not node_level and eval_dataset is None and documents is None
     fit, held_out = gate_queries(train, None, tuning) if gated else (train, None)
@@ -273,37 +266,31 @@ def _tune_and_evaluate(
             t = time.perf_counter()
             copy = source.copy_to(uri, "baseline", load_embed_model(base, backend=table_backend(source.table, config.backend)))
             timings["index"] = round(time.perf_counter() - t, 2)
-            baseline = score_index(copy, "baseline", test, config, timings)
+            baseline = recipe.scores(copy, "baseline", test, timings)
         save_results(out / "baseline_results.json", baseline)
 
     model_dir = out / "model"
     t = time.perf_counter()
     if read_json(model_dir / "metrics.json") is None:  # absent, or torn by a kill mid-write
-        if config.tune == "full":
-            adapting = config.adapt and eval_dataset is not None and not node_level
-            adaptation = saved_offline_pairs(out / "adaptation_pairs.json", nodes, config.seed) if adapting else None
-            EmbeddingFinetuner(tuning).fit(fit, model_dir, train_nodes, resume=resume, adaptation=adaptation)  # type: ignore[arg-type]
-        else:
-            # Positives are the baseline table's own rows, so the frozen passages are its stored vectors;
-            # generated pairs and another corpus's documents are not rows of it: the base model encodes them.
-            stored = None
-            if train_nodes is nodes:
-                stored = {n.node_id: n.embedding for n in table_nodes(_baseline_index(uri, config).table)}
-            query_side = replace(tuning, freeze_passages=True)
-            EmbeddingFinetuner(query_side).fit(fit, model_dir, train_nodes, resume=resume, stored_vectors=stored)  # type: ignore[arg-type]
+        adapting = config.tune == "full" and config.adapt and eval_dataset is not None and not node_level
+        adaptation = saved_offline_pairs(out / "adaptation_pairs.json", nodes, config.seed) if adapting else None
+        # Positives of `query` tuning are the baseline table's own rows, so the frozen passages are its stored
+        # vectors; generated pairs and another corpus's documents are not rows of it: the base model encodes them.
+        serving = _baseline_index(uri, config) if train_nodes is nodes else None
+        recipe.fit(fit, model_dir, train_nodes, serving, resume=resume, adaptation=adaptation)
     timings["finetune"] = round(time.perf_counter() - t, 2)
 
+    baseline_index = _baseline_index(uri, config)
     if config.tune == "full":
         tuned = score_model(str(model_dir), "tuned", nodes, test, uri, "tuned", config, timings, timing_key="reembed")
+        tuned_table = open_table(connect(uri), "tuned")
+        tuned_index = LanceDBIndex(tuned_table, recipe.encoder(model_dir, tuned_table)) if held_out is not None else None
     else:  # the tuned query encoder searches the baseline table's vectors as they are
         timings["reembed"] = 0.0
-        baseline_index = _baseline_index(uri, config)
-        query_encoder = load_embed_model(str(model_dir), backend=table_backend(baseline_index.table, config.backend))
-        tuned = score_index(
-            LanceDBIndex(baseline_index.table, baseline_index.embed_model, query_encoder), "tuned", test, config, timings
-        )
+        tuned_index = recipe.query_tuned(baseline_index, model_dir)
+        tuned = recipe.scores(tuned_index, "tuned", test, timings)
     with_significance(baseline, tuned)
-    verdict = _gate_verdict(uri, config, str(model_dir), held_out, (baseline, tuned))
+    verdict = _gate_verdict(config, held_out, (baseline, tuned), (baseline_index, tuned_index))
     timings["total"] = round(time.perf_counter() - t0, 2)
 
     results = baseline + tuned

@@ -1,6 +1,6 @@
 """Tuning the embedding model of a table an app already has, on the table's own nodes.
 
-Two recipes. `query`: the table's stored vectors stay as they are, frozen, and only a query
+Two modes of the one recipe (`recipe`). `query`: the table's stored vectors stay as they are, frozen, and only a query
 encoder is trained against them (`QueryOnlyLoss`); no row is rewritten, and new documents
 are still embedded by the table's original model. `full`: both sides are tuned and every
 row is re-embedded with the tuned model (ids, text and metadata kept).
@@ -23,17 +23,26 @@ from typing import Any, get_args
 import lancedb
 import pyarrow as pa
 from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
 
-from ..config import FinetuneConfig, TuneMode
+from ..config import (
+    DEFAULT_TUNE_MODE,
+    SERVING_QUERY_TYPE,
+    FinetuneConfig,
+    QueryType,
+    RerankerSpec,
+    SearchConfig,
+    TuneMode,
+)
 from ..data.qa_dataset import QADataset
-from ..encoding.embed_models import load_embed_model
 from ..errors import TuningError
 from ..evaluation.metrics import EvalResult
 from ..search.index import LanceDBIndex
-from ..store.encoder_record import EncoderNames, encoder_name, table_backend
+from ..store.encoder_record import EncoderNames, encoder_name
 from ..store.table import ensure_fts_index, table_nodes
 from ..store.versions import promote, reembedded_rows
-from .gate import UNGATED, Gate, gate_queries
+from .gate import UNGATED, gate_queries
+from .recipe import TuningRecipe
 
 TUNE_MODES: tuple[str, ...] = get_args(TuneMode)
 # Set by the recipe itself: an override would contradict the mode or the table's model.
@@ -83,7 +92,7 @@ def default_output_dir(index: LanceDBIndex, mode: TuneMode) -> Path:
 
 
 def tuning_config(index: LanceDBIndex, mode: TuneMode, overrides: dict[str, Any]) -> FinetuneConfig:
-    """The fine-tuning settings: quiet, from the table's document encoder, frozen passages for `query`."""
+    """The fine-tuning settings: quiet, from the table's document encoder (the recipe sets what the mode fixes)."""
     if mode not in TUNE_MODES:
         raise TuningError(f"unknown tuning mode '{mode}'; use query (table kept) or full (table re-embedded)")
     known = {f.name for f in fields(FinetuneConfig)} - set(_RECIPE_FIELDS)
@@ -95,7 +104,7 @@ def tuning_config(index: LanceDBIndex, mode: TuneMode, overrides: dict[str, Any]
     base = overrides.get("base_model") or encoder_name(index.embed_model)
     if base is None:
         raise TuningError("the table's embed_model has no model path to tune from; pass base_model=PATH_OR_HUB_ID")
-    settings = {"show_progress": False, **overrides, "base_model": base, "freeze_passages": mode == "query"}
+    settings = {"show_progress": False, **overrides, "base_model": base}
     return FinetuneConfig(**settings)
 
 
@@ -111,10 +120,13 @@ def _scratch_index(rows: pa.Table, tuned: BaseEmbedding) -> Iterator[LanceDBInde
 def tune_index(
     index: LanceDBIndex,
     train: QADataset,
-    mode: TuneMode = "query",
+    mode: TuneMode = DEFAULT_TUNE_MODE,
     output_dir: str | Path | None = None,
-    gate: Gate | None = None,
+    search: SearchConfig | None = None,
+    gate: bool = True,
     eval_dataset: QADataset | None = None,
+    query_type: QueryType = SERVING_QUERY_TYPE,
+    reranker: RerankerSpec | BaseNodePostprocessor | None = None,
     **overrides: Any,
 ) -> tuple[LanceDBIndex, TuneResult]:
     """Tune the table's model on `train`; return the index serving afterwards and what happened.
@@ -127,13 +139,15 @@ def tune_index(
         train: labeled queries over the table's documents.
         mode: `query` (the table is not rewritten) or `full` (the table is re-embedded).
         output_dir: where the tuned model goes; default beside a local table (required otherwise).
-        gate: how to score both models on the gate's queries; None promotes without a gate.
+        search: how the gate searches and its k (None: the defaults).
+        gate: False promotes without the gate.
         eval_dataset: the gate's queries (None: the `val_fraction` of `train` the fine-tuner never trains on).
+        query_type: the query type that answers the users; the gate decides on it.
+        reranker: the reranked types' postprocessor instead of `search.reranker`.
         **overrides: `FinetuneConfig` fields (epochs, learning_rate, batch_size...).
     """
-    from ..training.finetuner import EmbeddingFinetuner  # torch and sentence-transformers: only once tuning starts
-
     config = tuning_config(index, mode, overrides)
+    recipe = TuningRecipe(mode, config, search or SearchConfig(), query_type, reranker)
     document_name = encoder_name(index.embed_model)
     if mode == "query" and document_name is None:
         raise TuningError(
@@ -143,19 +157,17 @@ def tune_index(
     if out.is_dir() and any(out.iterdir()):
         raise TuningError(f"{out} exists and is not empty; pass another output_dir= for the tuned model")
     fit, held_out = gate_queries(train, eval_dataset, config) if gate else (train, None)
-    nodes = table_nodes(index.table)
-    stored = {n.node_id: n.embedding for n in nodes} if mode == "query" else None
-    trained = EmbeddingFinetuner(config).fit(fit, out, nodes, stored_vectors=stored)  # type: ignore[arg-type]
+    trained = recipe.fit(fit, out, table_nodes(index.table), index)
     tuned_name = str(out.resolve())
-    tuned = load_embed_model(tuned_name, backend=table_backend(index.table))  # the runtime of the table's vectors
+    tuned = recipe.encoder(out, index.table)
     rows = reembedded_rows(index.table, tuned) if mode == "full" else None
     verdict = UNGATED
-    if gate is not None and held_out is not None:
+    if held_out is not None:
         if rows is None:
-            verdict = gate.verdict(index, LanceDBIndex(index.table, index.embed_model, tuned), held_out)
+            verdict = recipe.gate().verdict(index, recipe.query_tuned(index, out), held_out)
         else:
             with _scratch_index(rows, tuned) as candidate:
-                verdict = gate.verdict(index, candidate, held_out)
+                verdict = recipe.gate().verdict(index, candidate, held_out)
     result = TuneResult(
         model_path=trained.model_path,
         promoted=verdict.promoted,
