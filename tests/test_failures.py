@@ -37,7 +37,7 @@ def no_models(monkeypatch):
     import transformers
 
     import llama_index_lancedb_tuning.search.index as index_module
-    import llama_index_lancedb_tuning.tuning.run_loop as pipeline_module
+    import llama_index_lancedb_tuning.training.finetuner as finetuner_module
 
     def refuse(*args, **kwargs):
         raise ExpensiveWork("a model was loaded before the bad input was noticed")
@@ -45,7 +45,7 @@ def no_models(monkeypatch):
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
     monkeypatch.setattr(sentence_transformers.SentenceTransformer, "__init__", refuse)
     monkeypatch.setattr(index_module, "load_embed_model", refuse)
-    monkeypatch.setattr(pipeline_module.EmbeddingFinetuner, "fit", refuse)
+    monkeypatch.setattr(finetuner_module.EmbeddingFinetuner, "fit", refuse)
 
 
 def write_csv(path: Path, rows, header=("query", "context")) -> Path:

@@ -293,6 +293,7 @@ def staged(monkeypatch, tmp_path):
 
     They make no tables, so runs on it pass --no-gate (the gate scores the tables).
     """
+    import llama_index_lancedb_tuning.training.finetuner as finetuner_module
     import llama_index_lancedb_tuning.tuning.run_loop as pipeline_module
 
     state = {"scored": [], "fits": [], "kill_at": None}
@@ -311,7 +312,7 @@ def staged(monkeypatch, tmp_path):
         (Path(output_dir) / "metrics.json").write_text(json.dumps({"n_train_pairs": len(train)}))
 
     monkeypatch.setattr(pipeline_module, "score_model", score_model)
-    monkeypatch.setattr(pipeline_module.EmbeddingFinetuner, "fit", fit)
+    monkeypatch.setattr(finetuner_module.EmbeddingFinetuner, "fit", fit)
     rows = "".join(
         f"What does note {i} cover?,Note {i % 6} covers subject {i % 6} in a few plain words. "
         f"It also explains why subject {i % 6} matters to every team member.\n"

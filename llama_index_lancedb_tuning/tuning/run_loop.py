@@ -276,21 +276,26 @@ def _tune_and_evaluate(
         adaptation = saved_offline_pairs(out / "adaptation_pairs.json", nodes, config.seed) if adapting else None
         # Positives of `query` tuning are the baseline table's own rows, so the frozen passages are its stored
         # vectors; generated pairs and another corpus's documents are not rows of it: the base model encodes them.
-        serving = _baseline_index(uri, config) if train_nodes is nodes else None
+        serving = _baseline_index(uri, config) if config.tune == "query" and train_nodes is nodes else None
         recipe.fit(fit, model_dir, train_nodes, serving, resume=resume, adaptation=adaptation)
     timings["finetune"] = round(time.perf_counter() - t, 2)
 
-    baseline_index = _baseline_index(uri, config)
+    # The indexes load models, so only for what needs them: the query-tuned rows and the gate.
+    baseline_index = _baseline_index(uri, config) if config.tune == "query" or held_out is not None else None
+    tuned_index = None
     if config.tune == "full":
         tuned = score_model(str(model_dir), "tuned", nodes, test, uri, "tuned", config, timings, timing_key="reembed")
-        tuned_table = open_table(connect(uri), "tuned")
-        tuned_index = LanceDBIndex(tuned_table, recipe.encoder(model_dir, tuned_table)) if held_out is not None else None
+        if held_out is not None:
+            tuned_table = open_table(connect(uri), "tuned")
+            tuned_index = LanceDBIndex(tuned_table, recipe.encoder(model_dir, tuned_table))
     else:  # the tuned query encoder searches the baseline table's vectors as they are
         timings["reembed"] = 0.0
+        assert baseline_index is not None
         tuned_index = recipe.query_tuned(baseline_index, model_dir)
         tuned = recipe.scores(tuned_index, "tuned", test, timings)
     with_significance(baseline, tuned)
-    verdict = _gate_verdict(config, held_out, (baseline, tuned), (baseline_index, tuned_index))
+    indexes = None if baseline_index is None else (baseline_index, tuned_index)
+    verdict = _gate_verdict(config, held_out, (baseline, tuned), indexes)
     timings["total"] = round(time.perf_counter() - t0, 2)
 
     results = baseline + tuned
