@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llama_index_lancedb_tuning import TuningError, onnx_cache
+from llama_index_lancedb_tuning import TuningError
+from llama_index_lancedb_tuning.encoding import onnx_cache
 from llama_index_lancedb_tuning.encoding.onnx_runtime import FP32_FILE, export_onnx
 
 DAY = 86_400
