@@ -31,8 +31,6 @@ QUERY_TYPES: tuple[QueryType, ...] = get_args(QueryType)
 # The query type that answers users unless told otherwise: the pack's default, and the one the
 # gate decides on, in the pack and in `lancedb-tune run` alike.
 SERVING_QUERY_TYPE: QueryType = "hybrid"
-# The metrics every result row carries (evaluation/ir_metrics.py); report.md shows those `metrics` names.
-METRIC_NAMES: tuple[str, ...] = ("hit_rate", "mrr", "ndcg", "recall", "precision", "map")
 # `full` re-embeds the table with the tuned model; the gate keeps a worse one out of service.
 DEFAULT_TUNE_MODE: TuneMode = "full"
 
@@ -159,14 +157,6 @@ class SearchConfig:
             "flag": "--backend",
         },
     )
-    metrics: str = field(
-        default="hit_rate,mrr,ndcg",
-        metadata={
-            "help": f"metrics report.md shows, comma-separated, from {', '.join(METRIC_NAMES)}; "
-            "report.json and pack.evaluate carry all of them",
-            "flag": "--metrics",
-        },
-    )
     engine: Engine = field(
         default="local",
         metadata={
@@ -178,16 +168,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reranker", RerankerSpec.parse(self.reranker))  # parsed once, here
-        unknown = [name for name in self.report_metrics if name not in METRIC_NAMES]
-        if unknown or not self.report_metrics:
-            named = (",".join(unknown) or repr(self.metrics)).replace("{", "{{").replace("}", "}}")
-            raise InvalidSetting(f"unknown {{0}} {named}; use some of {', '.join(METRIC_NAMES)}", "metrics")
         _validate(self, SearchConfig, at_least={"k": 1, "rrf_k": 1, "overfetch": 1, "hybrid_overfetch": 1})
-
-    @property
-    def report_metrics(self) -> tuple[str, ...]:
-        """The names in `metrics`, in the order given."""
-        return tuple(name.strip() for name in self.metrics.split(",") if name.strip())
 
 
 @dataclass(frozen=True)

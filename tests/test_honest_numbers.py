@@ -95,7 +95,7 @@ def test_an_ungated_refusal_reaches_report_json_and_report_md(tmp_path):
         "dataset": dataset,
         "warnings": [],
     }
-    write_report(tmp_path, report, baseline + tuned, 5, ("hit_rate", "mrr"))
+    write_report(tmp_path, report, baseline + tuned, 5)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["promoted"] is False and saved["dataset"]["train_path"] == "docs/"
     assert "reranked_vector hit@5 0.682 -> 0.523 (-7 queries, McNemar p=0.039)" in saved["promotion"]["reason"]
@@ -106,7 +106,7 @@ def test_an_evaluate_report_is_titled_by_its_model_and_shows_no_tuned_model(tmp_
     results = _rows("model", {qt: [1] * 30 + [0] * 14 for qt in TYPES})
     dataset = {"path": "labeled.csv", "eval_path": None, "n_corpus": 20, "n_nodes": 30, "n_train_queries": 0}
     report = {"base_model": "my-model", "tuned_model": None, "dataset": {**dataset, "n_test_queries": 44}, "warnings": []}
-    write_report(tmp_path, report, results, 5, ("hit_rate", "mrr"))
+    write_report(tmp_path, report, results, 5)
     md = (tmp_path / "report.md").read_text()
     assert md.startswith("# Retrieval of `my-model`\n\nmodel: `my-model` · 44 queries scored · k=5\n\n| Query type")
     assert "tuned model" not in md and "None" not in md and "fine-tuning" not in md

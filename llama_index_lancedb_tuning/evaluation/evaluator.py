@@ -1,5 +1,4 @@
-"""Scoring retrievers on a QA dataset: hit rate, MRR, nDCG, recall, precision and MAP at k per retriever,
-sharing the work between them."""
+"""Scoring retrievers on a QA dataset: hit-rate@k and MRR@k per retriever, sharing the work between them."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ from llama_index.core.schema import NodeWithScore
 from ..data.qa_dataset import QADataset
 from ..encoding.embed_models import embed_queries
 from ..search.shared_search import SharedSearch, SharesSearch
-from .ir_metrics import metric_arrays, query_metrics, ranked_documents
-from .metrics import EvalResult, node_source, reciprocal_ranks
+from .metrics import EvalResult, reciprocal_ranks
 
 
 def _scored(
@@ -27,16 +25,9 @@ def _scored(
     seconds: float,
     seed: int = 0,
 ) -> EvalResult:
-    graded = getattr(dataset, "relevance_scores", None) or {}
-    per_query = []
-    for hits, query_id in zip(results, dataset.query_ids):
-        grades = graded.get(query_id) or dict.fromkeys(dataset.relevant_docs[query_id], 1)
-        per_query.append(query_metrics(ranked_documents([node_source(h) for h in hits], k), grades, k))
-    values = metric_arrays(per_query)
-    # MRR stays the rank of the first relevant node, as LlamaIndex's RetrieverEvaluator counts it over node ids.
-    values["mrr"] = reciprocal_ranks(results, [set(dataset.relevant_docs[q]) for q in dataset.query_ids], k)
+    relevant = [set(dataset.relevant_docs[q]) for q in dataset.query_ids]
     latency = round(1000 * seconds / max(len(dataset), 1), 2)
-    return EvalResult.from_metrics(values, model, query_type, reranker, latency, seed)
+    return EvalResult.from_reciprocal_ranks(reciprocal_ranks(results, relevant, k), model, query_type, reranker, latency, seed)
 
 
 def evaluate_retriever(

@@ -1,4 +1,4 @@
-"""Result rows: hit rate, MRR, nDCG, recall, precision and MAP at k with 95% bootstrap intervals, and the paired McNemar test."""
+"""Hit-rate and MRR at k, a 95% bootstrap interval, and the paired McNemar test."""
 
 from __future__ import annotations
 
@@ -55,11 +55,7 @@ def mcnemar_p(before: np.ndarray, after: np.ndarray) -> float:
 
 @dataclass
 class EvalResult:
-    """One retriever's scores on one query set: rates with their n and 95% interval.
-
-    `ci95` is hit rate's interval; `intervals` holds every metric's. `ndcg`, `recall`, `precision`
-    and `map` are None on a row made from reciprocal ranks alone, which cannot give them.
-    """
+    """One retriever's scores on one query set: rates with their n and 95% interval."""
 
     model: str
     query_type: str
@@ -70,52 +66,29 @@ class EvalResult:
     n: int
     latency_ms: float
     p_vs_baseline: float | None = None
-    ndcg: float | None = None
-    recall: float | None = None
-    precision: float | None = None
-    map: float | None = None
-    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     per_query: list[float] = field(default_factory=list, repr=False)
-    per_query_metrics: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_reciprocal_ranks(
         cls, rr: np.ndarray, model: str, query_type: str, reranker: str | None, latency_ms: float, seed: int = 0
     ) -> EvalResult:
         hits = (rr > 0).astype(float)
-        return cls.from_metrics({"hit_rate": hits, "mrr": rr}, model, query_type, reranker, latency_ms, seed)
-
-    @classmethod
-    def from_metrics(
-        cls, values: dict[str, np.ndarray], model: str, query_type: str, reranker: str | None, latency_ms: float, seed: int = 0
-    ) -> EvalResult:
-        """A row from per-query values by metric name (`hit_rate` and `mrr` at least)."""
-        means = {name: round(float(v.mean()), 4) if len(v) else 0.0 for name, v in values.items()}
-        intervals = {name: bootstrap_ci(v, seed) for name, v in values.items()}
         return cls(
             model=model,
             query_type=query_type,
             reranker=reranker,
-            hit_rate=means["hit_rate"],
-            mrr=means["mrr"],
-            ci95=intervals["hit_rate"],
-            n=len(values["hit_rate"]),
+            hit_rate=round(float(hits.mean()), 4) if len(hits) else 0.0,
+            mrr=round(float(rr.mean()), 4) if len(rr) else 0.0,
+            ci95=bootstrap_ci(hits, seed),
+            n=len(hits),
             latency_ms=latency_ms,
-            ndcg=means.get("ndcg"),
-            recall=means.get("recall"),
-            precision=means.get("precision"),
-            map=means.get("map"),
-            intervals=intervals,
-            per_query=values["mrr"].tolist(),
-            per_query_metrics={name: v.tolist() for name, v in values.items()},
+            per_query=rr.tolist(),
         )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("per_query")
-        out.pop("per_query_metrics")
         out["ci95"] = list(self.ci95)
-        out["intervals"] = {name: list(ci) for name, ci in self.intervals.items()}
         return out
 
 

@@ -35,31 +35,13 @@ def gain_verdict(baseline: EvalResult, tuned: EvalResult) -> str:
     return f"{change} (p={p:.3f})"
 
 
-METRIC_LABELS = {"hit_rate": "hit", "mrr": "MRR", "ndcg": "nDCG", "recall": "recall", "precision": "precision", "map": "MAP"}
-
-
-def _cell(row: EvalResult | None, metric: str) -> str:
-    """`0.750 [0.600, 0.875]`: a metric with its 95% interval; `—` where the row lacks it."""
-    value = None if row is None else getattr(row, metric)
-    if row is None or value is None:
-        return "—"
-    low, high = row.ci95 if metric == "hit_rate" else row.intervals.get(metric, (None, None))
-    return f"{value:.3f}" if low is None else f"{value:.3f} [{low:.3f}, {high:.3f}]"
-
-
-def comparison_table(results: Sequence[EvalResult], k: int = 5, metrics: Sequence[str] = ("hit_rate", "mrr")) -> str:
-    """Markdown table in the shape of the reference table: one row per query type, baseline beside tuned.
-
-    Args:
-        results: the rows of every model.
-        k: the cut the rows were scored at.
-        metrics: the metrics shown, each with its 95% interval (the verdict is on hit rate).
-    """
+def comparison_table(results: Sequence[EvalResult], k: int = 5) -> str:
+    """Markdown table in the shape of the reference table: one row per query type, baseline beside tuned."""
     by = {(r.model, r.query_type): r for r in results}
     types = list(dict.fromkeys(r.query_type for r in results))
     models = list(dict.fromkeys(r.model for r in results))
     compared = "baseline" in models and len(models) > 1
-    head = ["Query type", "reranker", "n"] + [f"{m} {METRIC_LABELS[name]}@{k} [95% CI]" for name in metrics for m in models]
+    head = ["Query type", "reranker", "n"] + [f"{m} hit@{k} [95% CI]" for m in models] + [f"{m} MRR@{k}" for m in models]
     if compared:
         head += ["Δ hit", "p (McNemar)", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -67,7 +49,8 @@ def comparison_table(results: Sequence[EvalResult], k: int = 5, metrics: Sequenc
         rows = [by.get((m, qt)) for m in models]
         first = next(r for r in rows if r is not None)
         cells = [QUERY_TYPE_LABELS.get(qt, qt), first.reranker or "—", str(first.n)]
-        cells += [_cell(r, name) for name in metrics for r in rows]
+        cells += [f"{r.hit_rate:.3f} [{r.ci95[0]:.3f}, {r.ci95[1]:.3f}]" if r else "—" for r in rows]
+        cells += [f"{r.mrr:.3f}" if r else "—" for r in rows]
         if compared:
             base, last = by.get(("baseline", qt)), rows[-1]
             if base is not None and last is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
@@ -212,9 +212,9 @@ def _promotion_line(report: dict) -> str:
     return f"{'gate' if report['dataset']['n_gate_queries'] else 'promotion'}: {promotion['reason']}\n\n"
 
 
-def write_report(out: Path, report: dict, results: list[EvalResult], k: int, metrics: Sequence[str]) -> str:
-    """report.md (showing `metrics`) and report.png, then report.json; returns the comparison table."""
-    table = comparison_table(results, k, metrics)
+def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> str:
+    """report.md and report.png, then report.json; returns the comparison table."""
+    table = comparison_table(results, k)
     warnings = "".join(f"> **Warning:** {w}\n\n" for w in report.get("warnings", []))
     n_scored = report["dataset"]["n_test_queries"]
     if report["tuned_model"] is None:  # `evaluate`: one model, every query scored

@@ -325,7 +325,7 @@ def _tune_and_evaluate(
         "timings_s": timings,
         "warnings": warnings,
     }
-    report["table"] = write_report(out, report, results, config.k, config.report_metrics)
+    report["table"] = write_report(out, report, results, config.k)
     return report
 
 
@@ -374,5 +374,5 @@ def evaluate_model(
             "timings_s": {**timings, "total": round(time.perf_counter() - t0, 2)},
             "warnings": warnings,
         }
-        report["table"] = write_report(out, report, results, config.k, config.report_metrics)
+        report["table"] = write_report(out, report, results, config.k)
         return report
