@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from functools import cache
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, cast, get_args, get_origin, get_type_hints
 
 from .errors import TuningError
 
@@ -28,6 +28,9 @@ HybridFusion = Literal["rrf", "linear"]
 RerankerKind = Literal["fusion", "cohere", "cross-encoder"]
 QueryType = Literal["vector", "fts", "reranked_vector", "reranked_fts", "hybrid"]
 QUERY_TYPES: tuple[QueryType, ...] = get_args(QueryType)
+# The retrieval metrics every row carries (evaluation.ir_metrics defines them).
+MetricName = Literal["hit_rate", "mrr", "ndcg", "recall", "precision", "map"]
+METRICS: tuple[MetricName, ...] = get_args(MetricName)
 # The query type that answers users unless told otherwise: the pack's default, and the one the
 # gate decides on, in the pack and in `lancedb-tune run` alike.
 SERVING_QUERY_TYPE: QueryType = "hybrid"
@@ -130,11 +133,36 @@ class ChunkingConfig:
             )
 
 
+def _metric_names(names: tuple[str, ...] | str) -> tuple[MetricName, ...]:
+    """`metrics` as a tuple of known names, each once: `ndcg,map` or ("ndcg", "map")."""
+    given = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    unknown = next((n for n in given if n not in METRICS), None) if given else ""
+    if unknown is not None:
+        raise InvalidSetting(f"unknown {{0}} {unknown!r}; use a comma list of {', '.join(METRICS)}", "metrics")
+    return cast(tuple[MetricName, ...], tuple(dict.fromkeys(given)))
+
+
 @dataclass(frozen=True, kw_only=True)
 class SearchConfig:
     """How the five query types search and how deep they are scored."""
 
-    k: int = field(default=5, metadata={"help": "hit-rate@k and MRR@k: results per query", "flag": "--k"})
+    k: int = field(default=5, metadata={"help": "the cut of every metric: results per query", "flag": "--k"})
+    # A comma list is accepted too (the CLI's value); it is parsed into the tuple.
+    metrics: tuple[MetricName, ...] = field(
+        default=("hit_rate", "mrr", "ndcg"),
+        metadata={
+            "help": f"the metrics report.md shows, a comma list of {', '.join(METRICS)} (default: hit_rate,mrr,ndcg; "
+            "report.json has them all)",
+            "flag": "--metrics",
+        },
+    )
+    gate_metric: MetricName = field(
+        default="hit_rate",
+        metadata={
+            "help": "the metric the do-no-harm gate compares: hit_rate by McNemar's test, the others by a sign test",
+            "flag": "--gate-metric",
+        },
+    )
     reranker: RerankerSpec | str = field(
         default=RerankerSpec(),
         metadata={
@@ -168,6 +196,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reranker", RerankerSpec.parse(self.reranker))  # parsed once, here
+        object.__setattr__(self, "metrics", _metric_names(self.metrics))
         _validate(self, SearchConfig, at_least={"k": 1, "rrf_k": 1, "overfetch": 1, "hybrid_overfetch": 1})
 
 
@@ -303,7 +332,7 @@ class RunConfig(SearchConfig, ChunkingConfig):
         default=True,
         metadata={
             "help": "score the tuned model against the base one on validation queries carved from the training queries "
-            "before training, and report it promoted only if its hybrid hit@k is not below",
+            "before training, and report it promoted only if its hybrid --gate-metric (hit rate) at k is not below",
             "flag": "--no-gate",
         },
     )

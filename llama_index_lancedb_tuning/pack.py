@@ -22,6 +22,7 @@ from .config import (
     QUERY_TYPES,
     SERVING_QUERY_TYPE,
     ChunkingConfig,
+    MetricName,
     RerankerSpec,
     SearchConfig,
     TuneMode,
@@ -208,14 +209,14 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         self._build_views()
 
     def evaluate(self, dataset: QADataset, k: int = 5, model: str = "model") -> list[EvalResult]:
-        """Hit-rate@k and MRR@k (with n and a 95% interval) of the five query types on `dataset`.
+        """Hit rate, MRR, nDCG, recall, precision and MAP at k (with n and 95% intervals) of the five query types on `dataset`.
 
         The same retrievers at the same depths as `lancedb-tune evaluate`, so a table chunked and
         embedded as that command indexes its corpus gives the same numbers; a hit is a node of a relevant document.
 
         Args:
             dataset: labeled queries whose corpus ids are the table's documents' ids.
-            k: the cut for hit-rate and MRR (and the results each retriever returns).
+            k: the cut of every metric (and the results each retriever returns).
             model: the label of every row.
 
         Raises:
@@ -230,9 +231,9 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         check_k(k, len(source.sources()), "k=")
         return self._scores(self.lancedb_index, dataset, k, model)
 
-    def _search(self, k: int) -> SearchConfig:
+    def _search(self, k: int, gate_metric: MetricName = SearchConfig.gate_metric) -> SearchConfig:
         spec = None if isinstance(self.reranker_spec, BaseNodePostprocessor) else self.reranker_spec
-        return SearchConfig(k=k, hybrid=self.hybrid_fusion, reranker=RerankerSpec.parse(spec))  # type: ignore[arg-type]
+        return SearchConfig(k=k, hybrid=self.hybrid_fusion, reranker=RerankerSpec.parse(spec), gate_metric=gate_metric)  # type: ignore[arg-type]
 
     def _app_reranker(self) -> BaseNodePostprocessor | None:
         """The app's own postprocessor for the reranked types, which no `SearchConfig` spells."""
@@ -250,6 +251,7 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         output_dir: str | Path | None = None,
         gate: bool = True,
         eval_dataset: QADataset | None = None,
+        gate_metric: MetricName = SearchConfig.gate_metric,
         **overrides: Any,
     ) -> TuneResult:
         """Tune the embedding model on the table's own nodes; serve it only if it does no harm.
@@ -260,7 +262,7 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
 
         The gate scores the serving and the tuned model with the pack's own retriever
         (`query_type`, at `similarity_top_k`) on validation queries the tuned model never saw;
-        the tuned one is promoted only if its hit rate is not below. Until then the table and
+        the tuned one is promoted only if its `gate_metric` is not below. Until then the table and
         the answers stay as they were; a promotion is a new tagged table version recording the
         pair of encoders and both models' figures, which `from_table` reopens, `history` lists
         and `rollback` undoes. The tuned model is saved either way.
@@ -274,6 +276,8 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             eval_dataset: the gate's validation queries; None: the `val_fraction` of `train` the
                 fine-tuning holds out for validation (carved apart before training when `refit`
                 would train on it).
+            gate_metric: what the gate compares: `hit_rate` (McNemar's test) or `mrr`, `ndcg`, `recall`,
+                `precision`, `map` (a sign test on the per-query differences).
             **overrides: `FinetuneConfig` fields (epochs, learning_rate, val_fraction...); bars are off
                 unless `show_progress=True`.
         """
@@ -282,7 +286,7 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             train,
             mode,
             output_dir,
-            self._search(self.similarity_top_k),
+            self._search(self.similarity_top_k, gate_metric),
             gate,
             eval_dataset,
             self.query_type,

@@ -1,7 +1,8 @@
 import numpy as np
 from llama_index.core.schema import NodeRelationship, NodeWithScore, RelatedNodeInfo, TextNode
 
-from llama_index_lancedb_tuning.evaluation.metrics import EvalResult, bootstrap_ci, mcnemar_p, reciprocal_ranks
+from llama_index_lancedb_tuning.evaluation.ir_metrics import per_query_scores
+from llama_index_lancedb_tuning.evaluation.metrics import EvalResult, bootstrap_ci, mcnemar_p, ranked_sources, sign_test_p
 from llama_index_lancedb_tuning.evaluation.report import comparison_plot, comparison_table
 
 
@@ -13,7 +14,8 @@ def _hit(doc):
 
 def test_reciprocal_rank_counts_source_documents_and_empty_lists_are_misses():
     results = [[_hit("a"), _hit("b")], [_hit("c"), _hit("c"), _hit("b")], [], [_hit("z")] * 6 + [_hit("b")]]
-    rr = reciprocal_ranks(results, [{"b"}, {"b"}, {"b"}, {"b"}], k=5)
+    assert ranked_sources(results)[1] == ["c", "c", "b"]
+    rr = per_query_scores(ranked_sources(results), [{"b": 1}] * 4, k=5)["mrr"]
     assert rr.tolist() == [0.5, 1 / 3, 0.0, 0.0]
 
 
@@ -28,6 +30,16 @@ def test_mcnemar_exact():
     after = np.array([1] * 10 + [1] * 10)
     assert mcnemar_p(before, after) == 2 * 0.5**10
     assert mcnemar_p(before, before) == 1.0
+
+
+def test_the_sign_test_is_mcnemar_on_hits_and_drops_ties():
+    rng = np.random.default_rng(0)
+    before, after = rng.integers(0, 2, 30).astype(float), rng.integers(0, 2, 30).astype(float)
+    assert sign_test_p(before, after) == mcnemar_p(before, after)
+    # 9 queries better, 1 worse, 5 tied: the ties carry no evidence either way.
+    scores_before = np.array([0.2] * 9 + [0.9] + [0.5] * 5)
+    scores_after = np.array([0.3] * 9 + [0.1] + [0.5] * 5)
+    assert sign_test_p(scores_before, scores_after) == 2 * (1 + 10) / 2**10
 
 
 def test_table_and_plot(tmp_path):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from llama_index_lancedb_tuning.config import RunConfig
+from llama_index_lancedb_tuning.evaluation.ir_metrics import per_query_scores
 from llama_index_lancedb_tuning.evaluation.metrics import EvalResult, with_significance
 from llama_index_lancedb_tuning.tuning.run_directory import _data_line, training_source, write_report
 from llama_index_lancedb_tuning.tuning.run_loop import _gate_verdict
@@ -16,9 +15,10 @@ NO_GATE_POSSIBLE = "the gate needs labeled training queries over the scored corp
 
 
 def _rows(model: str, hits_by_type: dict[str, list[int]]) -> list[EvalResult]:
-    return [
-        EvalResult.from_reciprocal_ranks(np.array(hits, dtype=float), model, qt, None, 1.0) for qt, hits in hits_by_type.items()
-    ]
+    def scores(hits: list[int]) -> dict:
+        return per_query_scores([["answer"] if hit else ["other"] for hit in hits], [{"answer": 1}] * len(hits), 5)
+
+    return [EvalResult.from_scores(scores(hits), model, qt, None, 1.0) for qt, hits in hits_by_type.items()]
 
 
 def _scored(lost: int, gained: int, n: int = 44) -> tuple[list[EvalResult], list[EvalResult]]:

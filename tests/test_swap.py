@@ -179,11 +179,13 @@ def test_history_and_rollback_from_the_command_line(tmp_path, capsys):
 
 
 def test_the_gate_promotes_only_when_validation_shows_no_loss():
+    from llama_index_lancedb_tuning.evaluation.ir_metrics import per_query_scores
     from llama_index_lancedb_tuning.evaluation.metrics import EvalResult
     from llama_index_lancedb_tuning.tuning.gate import judge
 
     def scored(hits: list[int]) -> EvalResult:
-        return EvalResult.from_reciprocal_ranks(np.array(hits, dtype=float), "m", "hybrid", None, 0.0)
+        ranked = [["answer"] if hit else ["other"] for hit in hits]
+        return EvalResult.from_scores(per_query_scores(ranked, [{"answer": 1}] * len(hits), 5), "m", "hybrid", None, 0.0)
 
     serving = scored([1, 1, 0, 0, 1, 0, 1, 0, 1, 1])
     tie = judge(serving, scored([1, 0, 1, 0, 1, 0, 1, 0, 1, 1]), 5)

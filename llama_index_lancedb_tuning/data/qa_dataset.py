@@ -41,12 +41,18 @@ def warn_repeated_queries(source: str | Path, repeated: int, unit: str) -> None:
 
 @dataclass
 class QADataset:
-    """Queries, a corpus of source documents, and which documents answer each query."""
+    """Queries, a corpus of source documents, and which documents answer each query.
+
+    `relevance_scores` grades documents per query (query id -> document id -> grade) for graded
+    metrics such as nDCG; it adds to or overrides the grade 1 every document of `relevant_docs`
+    has, and a grade of 0 or below is not relevant. None: grade 1 for each relevant document.
+    """
 
     queries: dict[str, str]
     corpus: dict[str, str]
     relevant_docs: dict[str, list[str]]
     mode: str = "text"
+    relevance_scores: dict[str, dict[str, int]] | None = None
     query_ids: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -55,14 +61,18 @@ class QADataset:
     def __len__(self) -> int:
         return len(self.queries)
 
+    def grades(self, query_id: str) -> dict[str, int]:
+        """The relevance grade of each judged document for `query_id`."""
+        graded = dict.fromkeys(self.relevant_docs[query_id], 1)
+        graded.update((self.relevance_scores or {}).get(query_id, {}))
+        return graded
+
     # -- JSON, shared with llama-index-finetuning -------------------------------------
     def to_dict(self) -> dict:
-        return {
-            "queries": self.queries,
-            "corpus": self.corpus,
-            "relevant_docs": self.relevant_docs,
-            "mode": self.mode,
-        }
+        out: dict = {"queries": self.queries, "corpus": self.corpus, "relevant_docs": self.relevant_docs, "mode": self.mode}
+        if self.relevance_scores is not None:  # binary data keeps the EmbeddingQAFinetuneDataset shape exactly
+            out["relevance_scores"] = self.relevance_scores
+        return out
 
     def save_json(self, path: str | Path) -> None:
         """Write the dataset as an `EmbeddingQAFinetuneDataset` JSON file.
@@ -126,7 +136,13 @@ class QADataset:
             docs = merged.setdefault(first, [])
             docs.extend(d for d in relevant[query_id] if d not in docs)
         warn_repeated_queries(path, len(queries) - len(merged), "query")
-        return cls({q: queries[q] for q in merged}, corpus, merged, raw.get("mode", "text"))
+        scores = _relevance_scores(path, raw.get("relevance_scores"), corpus)
+        if scores is not None:  # a repeated query's grades go with its contexts, under its first id
+            for query_id, text in queries.items():
+                first = first_id_of[text.strip()]
+                if query_id != first and query_id in scores:
+                    scores[first] = {**scores.pop(query_id), **scores.get(first, {})}
+        return cls({q: queries[q] for q in merged}, corpus, merged, raw.get("mode", "text"), scores)
 
     # -- subsets and seeded splits ----------------------------------------------------
     def subset(self, query_ids: list[str]) -> QADataset:
@@ -136,6 +152,9 @@ class QADataset:
             self.corpus,
             {q: self.relevant_docs[q] for q in query_ids},
             self.mode,
+            None
+            if self.relevance_scores is None
+            else {q: self.relevance_scores[q] for q in query_ids if q in self.relevance_scores},
         )
 
     def split(self, test_size: float = 0.2, seed: int = 42) -> tuple[QADataset, QADataset]:
@@ -166,3 +185,19 @@ class QADataset:
                 self.subset([ids[i] for i in order if i not in test]),
                 self.subset([ids[i] for i in sorted(test)]),
             )
+
+
+def _relevance_scores(path: Path, raw: object, corpus: dict[str, str]) -> dict[str, dict[str, int]] | None:
+    """A QA JSON's optional `relevance_scores`, checked: query id -> corpus id -> integer grade."""
+    if raw is None:
+        return None
+    shape = "'relevance_scores' must map query ids to {corpus id: integer grade}"
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise TuningError(f"{path}: {shape}")
+    for query_id, graded in raw.items():
+        for doc, grade in graded.items():
+            if isinstance(grade, bool) or not isinstance(grade, int):
+                raise TuningError(f"{path}: query '{query_id}' grades {doc!r} {grade!r}; {shape}")
+            if doc not in corpus:
+                raise TuningError(f"{path}: query '{query_id}' grades {doc!r}, which is not in the corpus; fix relevance_scores")
+    return {q: dict(graded) for q, graded in raw.items()}

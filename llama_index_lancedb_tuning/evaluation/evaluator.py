@@ -1,4 +1,4 @@
-"""Scoring retrievers on a QA dataset: hit-rate@k and MRR@k per retriever, sharing the work between them."""
+"""Scoring retrievers on a QA dataset: every metric at k (ir_metrics) per retriever, sharing the work between them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from llama_index.core.schema import NodeWithScore
 from ..data.qa_dataset import QADataset
 from ..encoding.embed_models import embed_queries
 from ..search.shared_search import SharedSearch, SharesSearch
-from .metrics import EvalResult, reciprocal_ranks
+from .ir_metrics import per_query_scores
+from .metrics import EvalResult, ranked_sources
 
 
 def _scored(
@@ -25,9 +26,10 @@ def _scored(
     seconds: float,
     seed: int = 0,
 ) -> EvalResult:
-    relevant = [set(dataset.relevant_docs[q]) for q in dataset.query_ids]
+    grades = [dataset.grades(q) for q in dataset.query_ids]
     latency = round(1000 * seconds / max(len(dataset), 1), 2)
-    return EvalResult.from_reciprocal_ranks(reciprocal_ranks(results, relevant, k), model, query_type, reranker, latency, seed)
+    scores = per_query_scores(ranked_sources(results), grades, k)
+    return EvalResult.from_scores(scores, model, query_type, reranker, latency, seed)
 
 
 def evaluate_retriever(
@@ -44,7 +46,7 @@ def evaluate_retriever(
     Args:
         retriever: any LlamaIndex retriever.
         dataset: the queries and which corpus documents answer each.
-        k: the cut for hit-rate and MRR.
+        k: the cut of every metric.
         model, query_type, reranker: labels for the report.
         seed: the bootstrap's seed.
     """
@@ -71,7 +73,7 @@ def evaluate_retrievers(
     Args:
         retrievers: query type -> retriever.
         dataset: the queries and which corpus documents answer each.
-        k: the cut for hit-rate and MRR.
+        k: the cut of every metric.
         model: the model label of every row (`baseline`, `tuned`).
         rerankers: query type -> reranker name for the report.
     """

@@ -1,8 +1,9 @@
-"""Hit-rate and MRR at k, a 95% bootstrap interval, and the paired McNemar test."""
+"""A retriever's row of metrics at k (evaluation.ir_metrics), 95% bootstrap intervals, and paired tests:
+McNemar's on hits, the sign test on graded per-query scores."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from math import comb
 from typing import Any
@@ -10,7 +11,9 @@ from typing import Any
 import numpy as np
 from llama_index.core.schema import NodeWithScore
 
+from ..config import METRICS, MetricName
 from ..data.chunking import SOURCE_ID_KEY
+from ..errors import TuningError
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -21,15 +24,9 @@ def node_source(hit: NodeWithScore) -> str:
     return node.metadata.get(SOURCE_ID_KEY) or node.ref_doc_id or node.node_id
 
 
-def reciprocal_ranks(results: Sequence[Sequence[NodeWithScore]], relevant: Sequence[set[str]], k: int) -> np.ndarray:
-    """1/rank of the first top-k node from a relevant document, 0 when none (an empty list is a miss)."""
-    out = np.zeros(len(results))
-    for i, (hits, rel) in enumerate(zip(results, relevant)):
-        for rank, hit in enumerate(hits[:k], start=1):
-            if node_source(hit) in rel:
-                out[i] = 1.0 / rank
-                break
-    return out
+def ranked_sources(results: Sequence[Sequence[NodeWithScore]]) -> list[list[str]]:
+    """Per query, the source document of each retrieved node, best first: what `ir_metrics` scores."""
+    return [[node_source(hit) for hit in hits] for hits in results]
 
 
 def bootstrap_ci(values: np.ndarray, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> tuple[float, float]:
@@ -42,20 +39,34 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0, samples: int = BOOTSTRAP_SAM
     return (round(float(low), 4), round(float(high), 4))
 
 
-def mcnemar_p(before: np.ndarray, after: np.ndarray) -> float:
-    """Exact two-sided McNemar test on paired hits (same queries, two systems)."""
-    b = int(np.sum((before > 0) & (after == 0)))
-    c = int(np.sum((before == 0) & (after > 0)))
-    n = b + c
+def _two_sided_binomial(worse: int, better: int) -> float:
+    """Exact two-sided binomial test of `worse` against `better` paired changes, each equally likely by chance."""
+    n = worse + better
     if n == 0:
         return 1.0
-    tail = sum(comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    tail = sum(comb(n, i) for i in range(min(worse, better) + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+def mcnemar_p(before: np.ndarray, after: np.ndarray) -> float:
+    """Exact two-sided McNemar test on paired hits (same queries, two systems)."""
+    return _two_sided_binomial(int(np.sum((before > 0) & (after == 0))), int(np.sum((before == 0) & (after > 0))))
+
+
+def sign_test_p(before: np.ndarray, after: np.ndarray) -> float:
+    """Exact two-sided sign test on paired per-query scores (same queries, two systems): the queries
+    that got worse against those that got better, ties dropped. On hits (0/1) it is McNemar's test."""
+    return _two_sided_binomial(int(np.sum(after < before)), int(np.sum(after > before)))
 
 
 @dataclass
 class EvalResult:
-    """One retriever's scores on one query set: rates with their n and 95% interval."""
+    """One retriever's scores on one query set: means at k with their n and 95% intervals.
+
+    `ci95` is the hit rate's interval, `intervals` every metric's; `per_query` holds the reciprocal
+    ranks and `per_query_metrics` each metric's values, both in the dataset's query order. A row
+    read from a run directory that predates a metric has None for it.
+    """
 
     model: str
     query_type: str
@@ -67,29 +78,73 @@ class EvalResult:
     latency_ms: float
     p_vs_baseline: float | None = None
     per_query: list[float] = field(default_factory=list, repr=False)
+    ndcg: float | None = None
+    recall: float | None = None
+    precision: float | None = None
+    map: float | None = None
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    per_query_metrics: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_reciprocal_ranks(
-        cls, rr: np.ndarray, model: str, query_type: str, reranker: str | None, latency_ms: float, seed: int = 0
+    def from_scores(
+        cls,
+        scores: Mapping[MetricName, np.ndarray],
+        model: str,
+        query_type: str,
+        reranker: str | None,
+        latency_ms: float,
+        seed: int = 0,
     ) -> EvalResult:
-        hits = (rr > 0).astype(float)
+        """The row of per-query `scores` (`ir_metrics.per_query_scores`): each metric's mean and interval.
+
+        Args:
+            scores: every metric's per-query values.
+            model, query_type, reranker: labels for the report.
+            latency_ms: milliseconds per query.
+            seed: the bootstrap's seed.
+        """
+        means = {m: round(float(scores[m].mean()), 4) if len(scores[m]) else 0.0 for m in METRICS}
+        intervals: dict[str, tuple[float, float]] = {m: bootstrap_ci(scores[m], seed) for m in METRICS}
         return cls(
             model=model,
             query_type=query_type,
             reranker=reranker,
-            hit_rate=round(float(hits.mean()), 4) if len(hits) else 0.0,
-            mrr=round(float(rr.mean()), 4) if len(rr) else 0.0,
-            ci95=bootstrap_ci(hits, seed),
-            n=len(hits),
+            ci95=intervals["hit_rate"],
+            n=len(scores["hit_rate"]),
             latency_ms=latency_ms,
-            per_query=rr.tolist(),
+            per_query=scores["mrr"].tolist(),
+            intervals=intervals,
+            per_query_metrics={m: scores[m].tolist() for m in METRICS},
+            **means,
         )
+
+    def mean(self, metric: MetricName) -> float | None:
+        """The metric's mean over the queries; None where this row has no figure for it."""
+        value: float | None = getattr(self, metric)
+        return value
+
+    def query_values(self, metric: MetricName) -> np.ndarray:
+        """The metric's value per query; hit rate and reciprocal rank come from `per_query` in rows made without the others."""
+        if metric in self.per_query_metrics:
+            return np.array(self.per_query_metrics[metric])
+        if metric in ("hit_rate", "mrr"):
+            reciprocal = np.array(self.per_query)
+            return (reciprocal > 0).astype(float) if metric == "hit_rate" else reciprocal
+        raise TuningError(f"the {self.model} {self.query_type} row has no per-query {metric}; score it again to compare on it")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("per_query")
+        out.pop("per_query_metrics")
         out["ci95"] = list(self.ci95)
+        out["intervals"] = {m: list(ci) for m, ci in self.intervals.items()}
         return out
+
+    @classmethod
+    def from_dict(cls, row: Mapping[str, Any]) -> EvalResult:
+        """A row as `to_dict` (and the per-query lists a run directory keeps beside it) wrote it."""
+        intervals = {m: (ci[0], ci[1]) for m, ci in row.get("intervals", {}).items()}
+        return cls(**{**row, "ci95": tuple(row["ci95"]), "intervals": intervals})
 
 
 def with_significance(baseline: Sequence[EvalResult], tuned: Sequence[EvalResult]) -> None:

@@ -1,4 +1,4 @@
-"""The comparison a run reports: a markdown table and a plot, baseline beside tuned, with n, CIs and p-values."""
+"""The comparison a run reports: a markdown table of the chosen metrics and a plot, baseline beside tuned, with n, CIs and p-values."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config import MetricName, SearchConfig
+from .ir_metrics import METRIC_LABELS
 from .metrics import EvalResult
 
 QUERY_TYPE_LABELS = {
@@ -35,13 +37,25 @@ def gain_verdict(baseline: EvalResult, tuned: EvalResult) -> str:
     return f"{change} (p={p:.3f})"
 
 
-def comparison_table(results: Sequence[EvalResult], k: int = 5) -> str:
-    """Markdown table in the shape of the reference table: one row per query type, baseline beside tuned."""
+def _cell(row: EvalResult | None, metric: MetricName) -> str:
+    """A metric's mean, hit rate's with its 95% interval; — where the row or its figure is missing."""
+    value = None if row is None else row.mean(metric)
+    if row is None or value is None:
+        return "—"
+    return f"{value:.3f} [{row.ci95[0]:.3f}, {row.ci95[1]:.3f}]" if metric == "hit_rate" else f"{value:.3f}"
+
+
+def comparison_table(results: Sequence[EvalResult], k: int = 5, metrics: Sequence[MetricName] = SearchConfig.metrics) -> str:
+    """Markdown table in the shape of the reference table: one row per query type, baseline beside tuned,
+    a column per model for each of `metrics` (hit rate with its 95% interval)."""
     by = {(r.model, r.query_type): r for r in results}
     types = list(dict.fromkeys(r.query_type for r in results))
     models = list(dict.fromkeys(r.model for r in results))
     compared = "baseline" in models and len(models) > 1
-    head = ["Query type", "reranker", "n"] + [f"{m} hit@{k} [95% CI]" for m in models] + [f"{m} MRR@{k}" for m in models]
+    head = ["Query type", "reranker", "n"]
+    for metric in metrics:
+        shown = f"{METRIC_LABELS[metric]}@{k}" + (" [95% CI]" if metric == "hit_rate" else "")
+        head += [f"{m} {shown}" for m in models]
     if compared:
         head += ["Δ hit", "p (McNemar)", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -49,8 +63,8 @@ def comparison_table(results: Sequence[EvalResult], k: int = 5) -> str:
         rows = [by.get((m, qt)) for m in models]
         first = next(r for r in rows if r is not None)
         cells = [QUERY_TYPE_LABELS.get(qt, qt), first.reranker or "—", str(first.n)]
-        cells += [f"{r.hit_rate:.3f} [{r.ci95[0]:.3f}, {r.ci95[1]:.3f}]" if r else "—" for r in rows]
-        cells += [f"{r.mrr:.3f}" if r else "—" for r in rows]
+        for metric in metrics:
+            cells += [_cell(r, metric) for r in rows]
         if compared:
             base, last = by.get(("baseline", qt)), rows[-1]
             if base is not None and last is not None:

@@ -100,5 +100,9 @@ class TuningRecipe:
         return score_index(index, label, queries, self.search, {} if timings is None else timings, query_types, self.reranker)
 
     def gate(self) -> Gate:
-        """The do-no-harm gate: both models' `query_type` rows at `search.k` on the gate's queries."""
-        return Gate(lambda index, queries: self.scores(index, "gate", queries, query_types=[self.query_type])[0], self.search.k)
+        """The do-no-harm gate: both models' `query_type` rows at `search.k` on the gate's queries, compared on `search.gate_metric`."""
+        return Gate(
+            lambda index, queries: self.scores(index, "gate", queries, query_types=[self.query_type])[0],
+            self.search.k,
+            self.search.gate_metric,
+        )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +18,7 @@ from filelock import FileLock, Timeout
 
 from ..common.jsonfile import write_json
 from ..common.wording import counted
-from ..config import RunConfig
+from ..config import MetricName, RunConfig, SearchConfig
 from ..data.qa_dataset import QADataset
 from ..errors import TuningError
 from ..evaluation.metrics import EvalResult
@@ -125,11 +125,11 @@ def cached_results(path: Path) -> list[EvalResult] | None:
     if not path.exists():
         return None
     rows = json.loads(path.read_text())
-    return [EvalResult(**{**r, "ci95": tuple(r["ci95"])}) for r in rows]
+    return [EvalResult.from_dict(r) for r in rows]
 
 
 def save_results(path: Path, results: list[EvalResult]) -> None:
-    write_json(path, [{**r.to_dict(), "per_query": r.per_query} for r in results])
+    write_json(path, [{**r.to_dict(), "per_query": r.per_query, "per_query_metrics": r.per_query_metrics} for r in results])
 
 
 def run_settings(
@@ -143,6 +143,8 @@ def run_settings(
     """What a resumed run must share with the killed one: a digest of the data and the config."""
     cfg = asdict(config)
     cfg["finetune"].pop("show_progress", None)
+    for shown_only in ("metrics", "gate_metric"):  # they decide the report and the verdict, made anew by a resumed run
+        cfg.pop(shown_only, None)
     if eval_dataset is None:  # `adapt` acts on eval data only: other runs keep the digest they had before it
         cfg.pop("adapt", None)
     folds = [part.query_ids for part in split] if split else None
@@ -212,9 +214,11 @@ def _promotion_line(report: dict) -> str:
     return f"{'gate' if report['dataset']['n_gate_queries'] else 'promotion'}: {promotion['reason']}\n\n"
 
 
-def write_report(out: Path, report: dict, results: list[EvalResult], k: int) -> str:
-    """report.md and report.png, then report.json; returns the comparison table."""
-    table = comparison_table(results, k)
+def write_report(
+    out: Path, report: dict, results: list[EvalResult], k: int, metrics: Sequence[MetricName] = SearchConfig.metrics
+) -> str:
+    """report.md (the columns of `metrics`) and report.png, then report.json; returns the comparison table."""
+    table = comparison_table(results, k, metrics)
     warnings = "".join(f"> **Warning:** {w}\n\n" for w in report.get("warnings", []))
     n_scored = report["dataset"]["n_test_queries"]
     if report["tuned_model"] is None:  # `evaluate`: one model, every query scored

@@ -219,7 +219,7 @@ def _gate_verdict(
     `scored` (baseline, tuned) rows may refuse the model but not validate it."""
     if queries is None or indexes is None or indexes[1] is None:
         why = "--no-gate" if not config.gate else "the gate needs labeled training queries over the scored corpus"
-        return unvalidated_verdict(why, *scored, config.k)
+        return unvalidated_verdict(why, *scored, config.k, config.gate_metric)
     return _recipe(config).gate().verdict(indexes[0], indexes[1], queries)
 
 
@@ -325,7 +325,7 @@ def _tune_and_evaluate(
         "timings_s": timings,
         "warnings": warnings,
     }
-    report["table"] = write_report(out, report, results, config.k)
+    report["table"] = write_report(out, report, results, config.k, config.metrics)
     return report
 
 
@@ -374,5 +374,5 @@ def evaluate_model(
             "timings_s": {**timings, "total": round(time.perf_counter() - t0, 2)},
             "warnings": warnings,
         }
-        report["table"] = write_report(out, report, results, config.k)
+        report["table"] = write_report(out, report, results, config.k, config.metrics)
         return report
