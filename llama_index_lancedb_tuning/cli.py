@@ -100,6 +100,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     _add_fields(p, SearchConfig)
     _add_fields(p, ChunkingConfig)
+    p.add_argument("--no-chunking", dest="chunk_size", action="store_const", const=0, help="the same as --chunk-size 0")
     p.add_argument("--force", action="store_true", help="redo a finished report, removing only the run's files (default: off)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
 
@@ -133,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         "data",
         nargs="?",
         default=None,
-        help="labeled CSV (query and context columns), QA dataset JSON, or documents with --queries; none with --table",
+        help="labeled CSV (query and context columns), QA dataset JSON, BEIR folder (trains on its train qrels, scores "
+        "test when it has them), or documents with --queries; none with --table",
     )
     run.add_argument(
         "--table",
@@ -213,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         "score one model on a labeled CSV (all queries are test queries)",
         "Index a labeled dataset's passages with one model and score the five query types on every query.",
     )
-    ev.add_argument("data", help="labeled CSV (query and context columns) or a QA dataset JSON")
+    ev.add_argument("data", help="labeled CSV (query and context columns), QA dataset JSON or BEIR folder")
+    ev.add_argument("--split", default=None, help="the qrels of a BEIR folder to score (default: test)")
     _add_common(ev)
     ev.add_argument("--model", default=None, help="HF id or local path (default: bundled all-MiniLM-L6-v2)")
     return parser
@@ -331,42 +334,30 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .store.ray_ingest import check_ray
 
         check_ray()
-    from .data.documents import load_documents
-    from .data.labeled_csv import load_dataset
     from .encoding.model_ids import resolve_model
-    from .evaluation.caveats import check_data_size
+    from .tuning.command_data import evaluate_data, run_data
 
     if args.command == "run":
-        documents, source_table, labeled = None, None, args.data
-        if args.table:
-            from .store.table import connect, open_table
-
-            source_table, labeled = open_table(connect(args.table), args.table_name), args.queries
-        elif args.queries:
-            documents, labeled = load_documents(args.data), args.queries
-        dataset = load_dataset(labeled, args.query_column, args.context_column)
-        eval_dataset = load_dataset(args.eval_data, args.query_column, args.context_column) if args.eval_data else None
-        scored = eval_dataset or dataset
-        check_data_size(scored, config.k, config.test_size if config.pairs == "labeled" and eval_dataset is None else None)
+        data = run_data(args, config)
         resolve_model(config.finetune.base_model)
         from .tuning.run_loop import tune_and_evaluate
 
         report = tune_and_evaluate(
-            dataset,
+            data.dataset,
             args.out,
             config,
-            documents,
-            dataset_path=labeled,
+            data.documents,
+            dataset_path=data.dataset_path,
             force=args.force,
             resume=not args.no_resume,
-            eval_dataset=eval_dataset,
+            split=data.split,
+            eval_dataset=data.eval_dataset,
             eval_path=args.eval_data or "",
-            source_table=source_table,
-            documents_path=args.data if documents is not None else "",
+            source_table=data.source_table,
+            documents_path=args.data if data.documents is not None else "",
         )
     else:
-        dataset = load_dataset(args.data, args.query_column, args.context_column)
-        check_data_size(dataset, config.k, None)
+        dataset = evaluate_data(args, config)
         resolve_model(args.model)
         from .tuning.run_loop import evaluate_model
 

@@ -115,7 +115,14 @@ def _validate(config: Any, cls: type, at_least: dict[str, float] | None = None, 
 class ChunkingConfig:
     """How documents are split into nodes, in the embedding model's tokens."""
 
-    chunk_size: int = field(default=128, metadata={"help": "node size in model tokens", "flag": "--chunk-size"})
+    chunk_size: int = field(
+        default=128,
+        metadata={
+            "help": "node size in model tokens; 0 (or --no-chunking): one node per document, its text as given, "
+            "truncated at the model's input length",
+            "flag": "--chunk-size",
+        },
+    )
     chunk_overlap: int = field(default=16, metadata={"help": "tokens shared by neighbouring nodes", "flag": "--chunk-overlap"})
     fix_glued_words: bool = field(
         default=True,
@@ -126,8 +133,8 @@ class ChunkingConfig:
     )
 
     def __post_init__(self) -> None:
-        _validate(self, ChunkingConfig, at_least={"chunk_size": 1, "chunk_overlap": 0})
-        if self.chunk_overlap >= self.chunk_size:
+        _validate(self, ChunkingConfig, at_least={"chunk_size": 0, "chunk_overlap": 0})
+        if self.chunk_size and self.chunk_overlap >= self.chunk_size:
             raise InvalidSetting(
                 f"{{0}} ({self.chunk_overlap}) must be smaller than {{1}} ({self.chunk_size})", "chunk_overlap", "chunk_size"
             )

@@ -68,7 +68,7 @@ def chunk_corpus(
     chunk_overlap: int,
     fix_glued_words: bool = True,
 ) -> list[TextNode]:
-    """Split each document into nodes of at most `chunk_size` model tokens.
+    """Split each document into nodes of at most `chunk_size` model tokens, or keep it whole.
 
     Every node points back to its document (SOURCE relationship and `source_id` metadata),
     so a hit on any node counts for its document.
@@ -76,25 +76,31 @@ def chunk_corpus(
     Args:
         corpus: document id -> text.
         tokenizer: counts tokens (`model_tokenizer`).
-        chunk_size: the most tokens in a node.
+        chunk_size: the most tokens in a node; 0: one node per document, its text as given (the
+            model truncates it at its input length, as MTEB scores a corpus of abstracts).
         chunk_overlap: tokens shared by neighbouring nodes; smaller than `chunk_size`.
         fix_glued_words: re-space words that PDF extraction ran together first (`split_glued_words`);
             the nodes then hold the repaired text.
     """
+    if chunk_size == 0:
+        return [_node(doc_id, 0, text) for doc_id, text in corpus.items() if text.strip()]
     if chunk_overlap >= chunk_size:
         raise TuningError(f"chunk_overlap ({chunk_overlap}) must be smaller than chunk_size ({chunk_size})")
     splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=tokenizer)
-    nodes = []
-    for doc_id, text in corpus.items():
-        for i, chunk in enumerate(splitter.split_text(split_glued_words(text) if fix_glued_words else text)):
-            nodes.append(
-                TextNode(
-                    id_=f"{doc_id}:{i}",
-                    text=chunk,
-                    metadata={SOURCE_ID_KEY: doc_id},
-                    excluded_embed_metadata_keys=[SOURCE_ID_KEY],
-                    excluded_llm_metadata_keys=[SOURCE_ID_KEY],
-                    relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=doc_id)},
-                )
-            )
-    return nodes
+    return [
+        _node(doc_id, i, chunk)
+        for doc_id, text in corpus.items()
+        for i, chunk in enumerate(splitter.split_text(split_glued_words(text) if fix_glued_words else text))
+    ]
+
+
+def _node(doc_id: str, number: int, text: str) -> TextNode:
+    """The `number`th node of document `doc_id`, pointing back to it."""
+    return TextNode(
+        id_=f"{doc_id}:{number}",
+        text=text,
+        metadata={SOURCE_ID_KEY: doc_id},
+        excluded_embed_metadata_keys=[SOURCE_ID_KEY],
+        excluded_llm_metadata_keys=[SOURCE_ID_KEY],
+        relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=doc_id)},
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..common.wording import counted
 from ..errors import TuningError
+from .beir import is_beir_folder, load_beir
 from .documents import is_pdf
 from .qa_dataset import QADataset, stable_id, warn_repeated_queries
 
@@ -111,13 +112,16 @@ def _delimiter(path: Path, header: str, query_column: str) -> str:
 
 
 def load_dataset(path: str | Path, query_column: str = "query", context_column: str = "context") -> QADataset:
-    """A labeled CSV/TSV or a QA dataset JSON, by file extension.
+    """A labeled CSV/TSV, a QA dataset JSON (by file extension) or a BEIR folder's test queries.
 
     Args:
-        path: a `.json` file as `lancedb-tune generate` or LlamaIndex write it, else a labeled CSV or TSV.
+        path: a `.json` file as `lancedb-tune generate` or LlamaIndex write it, a BEIR folder (`load_beir`
+            reads other splits), else a labeled CSV or TSV.
         query_column: the CSV's query column.
         context_column: the CSV's context column.
     """
+    if is_beir_folder(path):
+        return load_beir(path)
     if Path(path).suffix.lower() == ".json":
         return QADataset.from_json(path)
     return load_labeled_csv(path, query_column, context_column)

@@ -9,16 +9,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data.beir import DEFAULT_SPLIT, check_beir_folder, is_beir_folder
 from ..errors import TuningError
 from .run_files import REPORT_FILE, check_run_directory
 
 
-def _check_labeled_file(path: str, command: str, flag: str = "") -> None:
-    """A readable labeled CSV or JSON file, checked before the loaders (and torch) are imported.
+def _check_labeled_file(path: str, command: str, flag: str = "", split: str = DEFAULT_SPLIT) -> None:
+    """A readable labeled CSV or JSON file, or a BEIR folder with `split`'s qrels, checked before the
+    loaders (and torch) are imported.
 
     `flag`: the option that named the file, to start the message with.
     """
     target, named = Path(path), f"{flag} {path}".lstrip()
+    if is_beir_folder(target):
+        check_beir_folder(target, split)
+        return
     if target.is_dir():
         if command == "run":
             raise TuningError(f"{named} is a documents directory; pass a labeled CSV to evaluate on with --queries")
@@ -123,14 +128,18 @@ def check_inputs(args: argparse.Namespace) -> None:
             raise TuningError("--queries and --eval-data both name the queries to score on; pass one of them")
         if args.test_size is not None:
             raise TuningError("--test-size splits DATA, but --eval-data scores on another file; drop one of them")
-        _check_labeled_file(args.data, args.command)
+        _check_labeled_file(args.data, args.command, split="train")
         _check_labeled_file(args.eval_data, "evaluate", "--eval-data")
     elif args.command == "run" and args.queries:
         if not Path(args.data).exists():
             raise TuningError(f"{args.data}: no such file or directory; check the path")
         _check_labeled_file(args.queries, "evaluate")
+    elif args.command == "run":
+        _check_labeled_file(args.data, args.command, split="train")
     else:
-        _check_labeled_file(args.data, args.command)
+        if args.split and not is_beir_folder(args.data):
+            raise TuningError(f"--split names the qrels of a BEIR folder, but {args.data} is not one; drop --split")
+        _check_labeled_file(args.data, args.command, split=args.split or DEFAULT_SPLIT)
     if args.command == "evaluate":
         _check_model_path(args.model, "--model")
     else:
