@@ -19,7 +19,7 @@ from .errors import TuningError
 LossName = Literal["mnrl", "cached_mnrl", "gist"]
 PositiveChoice = Literal["best", "all"]
 PairsSource = Literal["labeled", "offline", "llm"]
-TuneMode = Literal["query", "full"]
+TuneMode = Literal["query", "full", "reranker"]
 EncoderBackend = Literal["torch", "onnx", "onnx-int8"]
 # auto: onnx-int8 on a CPU, torch where CUDA is (encoding.resolve_backend).
 Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
@@ -290,6 +290,39 @@ class FinetuneConfig:
             raise InvalidSetting(f"{{0}} must be a positive number, got {self.learning_rate}", "learning_rate")
 
 
+@dataclass(frozen=True)
+class RerankerTrainingConfig:
+    """How a cross-encoder reranker is trained (`tune="reranker"`): BCE on each training query's best node
+    and hard negatives mined from the serving table. Sized for a CPU; `k` and `seed` are the run's in a run."""
+
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "cross-encoder to tune (None: the serving one, else the bundled MiniLM's weights, new head)"},
+    )
+    epochs: int = field(default=1, metadata={"help": "training epochs"})
+    batch_size: int = field(default=16, metadata={"help": "(query, passage) pairs per batch"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of the steps spent warming the learning rate up"})
+    negatives: int = field(default=4, metadata={"help": "hard negatives per training query, from the table's candidates"})
+    max_length: int = field(default=256, metadata={"help": "tokens of query and passage together the model reads"})
+    val_fraction: float = field(default=0.2, metadata={"help": "fraction of the training queries carved off to validate"})
+    seed: int = field(default=42, metadata={"help": "seed of the validation split, the negatives and the trainer"})
+    k: int = field(default=5, metadata={"help": "k of the validation metrics"})
+    show_progress: bool = field(default=True, metadata={"help": "training progress bars"})
+    eval_each_epoch: bool = field(default=True, metadata={"help": "validate each epoch, keep the best; False: once, at the end"})
+
+    def __post_init__(self) -> None:
+        at_least: dict[str, float] = {"epochs": 1, "batch_size": 1, "negatives": 1, "max_length": 16, "k": 1, "seed": 0}
+        _validate(self, RerankerTrainingConfig, at_least, fractions={"warmup_ratio": True, "val_fraction": True})
+        if not self.learning_rate > 0:
+            raise InvalidSetting(f"{{0}} must be a positive number, got {self.learning_rate}", "learning_rate")
+
+
+# FinetuneConfig's settings a reranker's training shares (hard_negatives: its negatives): a run that moves one off
+# the recommended recipe (the CLI's --epochs, --batch-size, --lr, --hard-negatives, --quiet) moves the reranker's.
+_SHARED = ("epochs", "batch_size", "learning_rate", "warmup_ratio", "hard_negatives", "val_fraction", "show_progress")
+
+
 def recommended_finetune(pairs: PairsSource) -> FinetuneConfig:
     """Fine-tuning defaults per source of pairs. Labeled queries train one epoch at 1e-4; generated
     pseudo-queries are noisy, so a gentler rate for two epochs (3e-5, 2) keeps the model from
@@ -323,7 +356,8 @@ class RunConfig(SearchConfig, ChunkingConfig):
         default=DEFAULT_TUNE_MODE,
         metadata={
             "help": "full: tune both sides and re-embed the corpus into a tuned table; query: tune the query encoder only, "
-            "against the baseline table's stored vectors, which are scored as they are (nothing re-embedded)",
+            "against the baseline table's stored vectors, which are scored as they are (nothing re-embedded); reranker: "
+            "train a cross-encoder on hard negatives from the baseline table, to rerank the reranked types",
             "flag": "--tune",
         },
     )
@@ -345,6 +379,10 @@ class RunConfig(SearchConfig, ChunkingConfig):
     )
     # Annotated as always present: None is only an input, replaced at construction.
     finetune: FinetuneConfig = field(default=None, metadata={"help": "fine-tuning settings (None: recommended_finetune(pairs))"})  # type: ignore[assignment]
+    reranker_training: RerankerTrainingConfig = field(
+        default=None,  # type: ignore[assignment]
+        metadata={"help": "the reranker's training for tune reranker (None: its defaults, with what finetune moves)"},
+    )
 
     def __post_init__(self) -> None:
         ChunkingConfig.__post_init__(self)
@@ -352,5 +390,9 @@ class RunConfig(SearchConfig, ChunkingConfig):
         _validate(self, RunConfig, at_least={"seed": 0}, fractions={"test_size": False})
         if self.pairs == "llm" and not self.llm:
             raise InvalidSetting("{0} llm needs {1} openai:MODEL or ollama:MODEL", "pairs", "llm")
-        recipe = self.finetune or recommended_finetune(self.pairs)
+        recommended = recommended_finetune(self.pairs)
+        recipe = self.finetune or recommended
         object.__setattr__(self, "finetune", replace(recipe, k=self.k, seed=self.seed))
+        moved = {n.removeprefix("hard_"): getattr(recipe, n) for n in _SHARED if getattr(recipe, n) != getattr(recommended, n)}
+        reranker = self.reranker_training or RerankerTrainingConfig(**moved)
+        object.__setattr__(self, "reranker_training", replace(reranker, k=self.k, seed=self.seed))

@@ -34,9 +34,9 @@ from .errors import TuningError
 from .evaluation.metrics import EvalResult
 from .search.index import LanceDBIndex
 from .search.rerankers import hybrid_reranker, node_reranker
-from .store.encoder_record import table_backend
+from .store.encoder_record import recorded_reranker, table_backend
 from .store.table import DEFAULT_TABLE, DEFAULT_URI, TableMode
-from .store.versions import Promotion, history, rollback
+from .store.versions import Promotion, current_promotion, history, rollback
 from .tuning.table_tuning import TuneResult, tune_index
 
 if TYPE_CHECKING:
@@ -96,7 +96,8 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
     Two encoders serve the table: the document encoder (`embed_model`, the model its vectors
     were made with, which embeds what `add` appends) and the query encoder (the same model, or
     one `finetune(mode="query")` tuned against the frozen vectors). Tuning records the pair with
-    the table, and opening it with no `embed_model` brings the pair back.
+    the table, and opening it with no `embed_model` brings the pair back; likewise the cross-encoder
+    `finetune(mode="reranker")` promotes, with no `reranker`.
     """
 
     def __init__(
@@ -107,7 +108,7 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         uri: str = DEFAULT_URI,
         table_name: str = DEFAULT_TABLE,
         query_type: str = SERVING_QUERY_TYPE,
-        reranker: str | BaseNodePostprocessor | None = "fusion",
+        reranker: str | BaseNodePostprocessor | None = None,
         similarity_top_k: int = 5,
         llm: LLM | None = None,
         mode: TableMode = "create",
@@ -136,7 +137,7 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         self.query_type = query_type
         self.similarity_top_k = similarity_top_k
         self.llm = llm
-        self.reranker_spec = reranker
+        self.reranker_spec = recorded_reranker(self.lancedb_index.table) if reranker is None else reranker
         self.hybrid_fusion = hybrid_fusion
         self.hybrid_reranker = hybrid_reranker(hybrid_fusion)
         self._build_views()
@@ -159,7 +160,8 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             table_name: the table.
             embed_model: the model its vectors were made with; None: the pair recorded by `finetune`,
                 else the bundled MiniLM.
-            **kwargs: the constructor's other arguments (query_type, reranker, query_encoder...).
+            **kwargs: the constructor's other arguments (query_type, reranker, query_encoder...); no `reranker`:
+                the one `finetune(mode="reranker")` recorded, else fusion.
         """
         return cls(embed_model=embed_model, uri=uri, table_name=table_name, **kwargs)
 
@@ -259,6 +261,9 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         `query`: only a query encoder learns, against the table's stored vectors, frozen; no row
         or vector is rewritten, and `add` keeps embedding documents with the table's model.
         `full`: both sides are tuned and every row is re-embedded (ids, text, metadata kept).
+        `reranker`: a cross-encoder learns to reorder the candidates the table gives the reranked
+        types, against hard negatives from them; the gate compares it with the serving reranker on
+        the reranked type (`reranked_vector` unless `query_type` is reranked).
 
         The gate scores the serving and the tuned model with the pack's own retriever
         (`query_type`, at `similarity_top_k`) on validation queries the tuned model never saw;
@@ -270,7 +275,7 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         Args:
             train: labeled queries; relevance is by document (a node's `source_id` metadata or
                 `ref_doc_id`), so its corpus ids must be the ids of the table's documents.
-            mode: `query` or `full`.
+            mode: `query`, `full` or `reranker`.
             output_dir: where the tuned model goes; default beside a local table, a new folder for each attempt (`TuneResult.model_path`).
             gate: False promotes the tuned model without scoring it.
             eval_dataset: the gate's validation queries; None: the `val_fraction` of `train` the
@@ -278,8 +283,8 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
                 would train on it).
             gate_metric: what the gate compares: `hit_rate` (McNemar's test) or `mrr`, `ndcg`, `recall`,
                 `precision`, `map` (a sign test on the per-query differences).
-            **overrides: `FinetuneConfig` fields (epochs, learning_rate, val_fraction...); bars are off
-                unless `show_progress=True`.
+            **overrides: `FinetuneConfig` fields (epochs, learning_rate, val_fraction...), `RerankerTrainingConfig`
+                ones for `reranker`; bars are off unless `show_progress=True`.
         """
         self.lancedb_index, result = tune_index(
             self.lancedb_index,
@@ -293,15 +298,21 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             self._app_reranker(),
             **overrides,
         )
+        if result.promoted and mode == "reranker":
+            self.reranker_spec = recorded_reranker(self.lancedb_index.table)
         self._build_views()
         return result
 
     def rollback(self) -> int:
         """Serve again what served before the last promotion: the table version (rows, vectors,
-        indices) and the pack's encoders, exactly. Returns the table version now serving (a new
-        one, equal to the restored one)."""
+        indices) and the pack's encoders and reranker, exactly (an app's own postprocessor, which no
+        table records, gives way to fusion: pass it again). Returns the table version now serving (a
+        new one, equal to the restored one)."""
         table = self.lancedb_index.table
+        undone = current_promotion(table)
         version, previous = rollback(table)
+        if undone is not None and undone["mode"] == "reranker":
+            self.reranker_spec = undone["previous_reranker"]
         self.lancedb_index = LanceDBIndex(table, *_load_pair(previous, table))
         self._build_views()
         return version

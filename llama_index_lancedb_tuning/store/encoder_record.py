@@ -33,6 +33,8 @@ from .table import sql_id_list, update_vector_field_metadata, vector_field_metad
 QUERY_ENCODER_KEY = "lancedb:tag:query_encoder"
 DOCUMENT_ENCODER_KEY = "lancedb:tag:document_encoder"
 PENDING_KEY = "lancedb:tag:pending"
+# The reranker a promotion put in service for the reranked query types (a `RerankerSpec` string).
+RERANKER_KEY = "lancedb:tag:reranker"
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,11 @@ def recorded_encoders(table: lancedb.table.Table) -> EncoderNames | None:
     if QUERY_ENCODER_KEY not in meta or DOCUMENT_ENCODER_KEY not in meta:
         return None
     return EncoderNames(meta[QUERY_ENCODER_KEY], meta[DOCUMENT_ENCODER_KEY])
+
+
+def recorded_reranker(table: lancedb.table.Table) -> str | None:
+    """The reranker a promotion recorded for the table's version (`cross-encoder:PATH`), or None."""
+    return resolved_metadata(table).get(RERANKER_KEY) or None
 
 
 def encoder_keys(names: EncoderNames) -> dict[str, str]:

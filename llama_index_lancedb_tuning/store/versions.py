@@ -5,8 +5,8 @@ LanceDB commits every change as a new version and keeps old versions readable, s
 whole versions only, and a tag keeps a version from `cleanup_old_versions`. A promotion tags the
 serving version first (rollback can always reach it). A full re-embedding then records the
 incoming record as pending (see `encoder_record`), commits every row's new vector in one commit,
-settles the record and rebuilds the full-text index; a query-side promotion is the record's
-commit alone. The version that results is tagged. A rollback is LanceDB's `restore`: one commit
+settles the record and rebuilds the full-text index; a query-side or a reranker promotion is the
+record's commit alone. The version that results is tagged. A rollback is LanceDB's `restore`: one commit
 that brings back that version's rows, vectors, indices and recorded encoders as they were.
 
 Versions of the one table rather than a new table swapped in: LanceDB OSS has no `rename_table`,
@@ -34,11 +34,13 @@ from ..common.wording import counted
 from ..encoding.embed_models import embed_texts, load_embed_model
 from ..errors import TuningError
 from .encoder_record import (
+    RERANKER_KEY,
     EncoderNames,
     encoder_keys,
     record_encoders,
     record_pending,
     recorded_encoders,
+    recorded_reranker,
     resolved_metadata,
     table_backend,
 )
@@ -58,11 +60,13 @@ class Promotion:
         version: the table version it produced (tagged `promotion-N`); None if the process was
             killed before tagging it.
         previous_version: the version it replaced (tagged `promotion-N-before`), which rollback restores.
-        mode: `query` (query encoder switched) or `full` (table re-embedded).
+        mode: `query` (query encoder switched), `full` (table re-embedded) or `reranker` (reranker switched).
         encoders: the pair it put in service.
         previous_encoders: the pair serving before it (None: the table recorded none).
         figures: the gate's validation figures of both models.
         serving: whether the table serves this promotion now.
+        reranker: the reranker its version records (None: the app's own choice).
+        previous_reranker: for a `reranker` promotion, the one it replaced (None: the app's own postprocessor).
     """
 
     number: int
@@ -73,6 +77,8 @@ class Promotion:
     previous_encoders: EncoderNames | None
     figures: dict[str, Any] = field(default_factory=dict)
     serving: bool = False
+    reranker: str | None = None
+    previous_reranker: str | None = None
 
 
 def reembedded_rows(table: lancedb.table.Table, embed_model: BaseEmbedding, batch_size: int = 2048) -> pa.Table:
@@ -108,8 +114,9 @@ def promote(
     previous_encoders: EncoderNames | None,
     figures: dict[str, Any],
     rows: pa.Table | None = None,
+    reranker: tuple[str, str | None] | None = None,
 ) -> int:
-    """Put a tuned pair in service as a new tagged version; returns that version.
+    """Put a tuned pair (or reranker) in service as a new tagged version; returns that version.
 
     Args:
         table: the serving table.
@@ -118,6 +125,8 @@ def promote(
         figures: the validation figures to keep with the version.
         rows: the re-embedded rows (`reembedded_rows`) for a full promotion; None switches the
             query encoder only (no row is rewritten).
+        reranker: (the reranker to serve from now on, the one serving now or None for an app's own
+            postprocessor), for a reranker promotion: `encoders` stay as they are.
     """
     table.checkout_latest()
     previous_version = table.version
@@ -127,11 +136,13 @@ def promote(
     promotion = {
         "number": number,
         "previous_version": previous_version,
-        "mode": "query" if rows is None else "full",
+        "mode": "full" if rows is not None else "query" if reranker is None else "reranker",
         "previous_encoders": None if previous_encoders is None else vars(previous_encoders),
         "figures": figures,
     }
-    extra = {PROMOTION_KEY: json.dumps(promotion)}
+    if reranker is not None:
+        promotion["previous_reranker"] = reranker[1]
+    extra = {PROMOTION_KEY: json.dumps(promotion)} | ({} if reranker is None else {RERANKER_KEY: reranker[0]})
     if rows is not None:
         probe = rows.slice(0, 1).select(["id", "vector"]).to_pylist()[0]
         record_pending(table, {**encoder_keys(encoders), **extra}, probe["id"], probe["vector"])
@@ -222,4 +233,6 @@ def _entry(
         previous_encoders=None if previous is None else EncoderNames(**previous),
         figures=promotion["figures"],
         serving=serving is not None and serving["number"] == promotion["number"],
+        reranker=recorded_reranker(table),
+        previous_reranker=promotion.get("previous_reranker"),
     )

@@ -15,7 +15,12 @@ import numpy as np
 import torch
 from datasets import Dataset
 from llama_index.core.schema import TextNode
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers import (
+    CrossEncoder,
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
@@ -335,8 +340,8 @@ def newest_complete_checkpoint(checkpoint_dir: Path) -> str | None:
     return None
 
 
-def save_model(model: SentenceTransformer, output_dir: Path) -> None:
-    """Save a sentence-transformers model whose files all get the permissions the umask gives (0644 usually).
+def save_model(model: SentenceTransformer | CrossEncoder, output_dir: Path) -> None:
+    """Save a sentence-transformers model or cross-encoder whose files all get the permissions the umask gives (0644 usually).
 
     safetensors writes its files through a private temporary file that it renames, so the weights
     came out 0600, unreadable to the group and the serving account that every other file allows.

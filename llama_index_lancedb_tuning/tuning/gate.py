@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..common.wording import counted
-from ..config import FinetuneConfig, MetricName
+from ..config import FinetuneConfig, MetricName, RerankerTrainingConfig
 from ..data.qa_dataset import QADataset
 from ..errors import TuningError
 from ..evaluation.ir_metrics import METRIC_LABELS
@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 SIGNIFICANCE = 0.05
 
 
-def gate_queries(train: QADataset, eval_dataset: QADataset | None, recipe: FinetuneConfig) -> tuple[QADataset, QADataset]:
+def gate_queries(
+    train: QADataset, eval_dataset: QADataset | None, recipe: FinetuneConfig | RerankerTrainingConfig
+) -> tuple[QADataset, QADataset]:
     """(queries to hand the fine-tuner, the gate's validation queries): `eval_dataset` when given,
     else the seeded `recipe.val_fraction` of `train` that the fine-tuner carves for validation.
 
@@ -53,7 +55,7 @@ def gate_queries(train: QADataset, eval_dataset: QADataset | None, recipe: Finet
             "the gate needs validation queries the model never trains on; pass eval_dataset=, a val_fraction above 0, or gate=False"
         )
     fit, held_out = train.split(recipe.val_fraction, recipe.seed)
-    return (fit, held_out) if recipe.refit else (train, held_out)
+    return (fit, held_out) if isinstance(recipe, FinetuneConfig) and recipe.refit else (train, held_out)
 
 
 @dataclass(frozen=True)
@@ -167,11 +169,14 @@ class Gate:
         score: the metrics at k of an index on labeled queries with the retriever that answers the users.
         k: the cut `score` uses.
         metric: the metric `judge` compares.
+        tuned_score: the tuned side's `score` when it searches otherwise (a trained reranker); None: `score`.
     """
 
     score: Callable[[LanceDBIndex, QADataset], EvalResult]
     k: int
     metric: MetricName = "hit_rate"
+    tuned_score: Callable[[LanceDBIndex, QADataset], EvalResult] | None = None
 
     def verdict(self, serving: LanceDBIndex, tuned: LanceDBIndex, queries: QADataset) -> GateVerdict:
-        return judge(self.score(serving, queries), self.score(tuned, queries), self.k, self.metric)
+        tuned_row = (self.tuned_score or self.score)(tuned, queries)
+        return judge(self.score(serving, queries), tuned_row, self.k, self.metric)

@@ -3,9 +3,11 @@ candidate index, and let the gate decide on it.
 
 Each rule is stated here once. The mode decides what learns: `full` tunes both sides (the caller
 re-embeds the corpus with the result), `query` freezes the passages at the serving table's stored
-vectors and tunes a query encoder only. A tuned model queries in the runtime the searched table
-records for its vectors (`table_backend`). The gate scores one query type, the one that answers
-the users (`query_type`), on queries the model never trained on.
+vectors and tunes a query encoder only, `reranker` trains a cross-encoder on hard negatives the
+serving table gives and leaves its encoders alone. A tuned model queries in the runtime the searched
+table records for its vectors (`table_backend`). The gate scores one query type, the one that
+answers the users (`query_type`; for a reranker, the reranked type it reorders), on queries the
+model never trained on.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import SERVING_QUERY_TYPE, FinetuneConfig, QueryType, RerankerSpec, SearchConfig, TuneMode
+from ..config import SERVING_QUERY_TYPE, FinetuneConfig, QueryType, RerankerSpec, RerankerTrainingConfig, SearchConfig, TuneMode
 from ..data.qa_dataset import QADataset
-from ..encoding.embed_models import load_embed_model
+from ..encoding.embed_models import embed_queries, load_embed_model
+from ..errors import TuningError
 from ..evaluation.metrics import EvalResult
 from ..evaluation.table_scores import score_index
 from ..search.index import LanceDBIndex
+from ..search.retrievers import LanceDBRetriever
 from ..store.encoder_record import table_backend
 from ..store.table import table_nodes
 from .gate import Gate
@@ -39,18 +43,32 @@ class TuningRecipe:
     """How a model is tuned and judged.
 
     Args:
-        mode: `full` (both sides learn) or `query` (passages frozen at the stored vectors).
-        finetune: the fine-tuning settings; the mode sets `freeze_passages`.
+        mode: `full` (both sides learn), `query` (passages frozen at the stored vectors) or `reranker`.
+        finetune: the fine-tuning settings; the mode sets `freeze_passages`. A `RerankerTrainingConfig` for `reranker`.
         search: how the query types search, and the k they are scored at.
         query_type: the query type that answers the users; the gate decides on it.
         reranker: the postprocessor of the reranked types instead of `search.reranker` (an app's own).
     """
 
     mode: TuneMode
-    finetune: FinetuneConfig
+    finetune: FinetuneConfig | RerankerTrainingConfig
     search: SearchConfig
     query_type: QueryType = SERVING_QUERY_TYPE
     reranker: RerankerSpec | BaseNodePostprocessor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mode == "reranker") != isinstance(self.finetune, RerankerTrainingConfig):
+            raise TuningError(
+                f"mode {self.mode} takes {'RerankerTrainingConfig' if self.mode == 'reranker' else 'FinetuneConfig'} settings"
+            )
+
+    @property
+    def gate_query_type(self) -> QueryType:
+        """The query type the gate decides on: `query_type`; for a reranker, the reranked type it reorders
+        (`reranked_vector` when the users' type reranks nothing)."""
+        if self.mode != "reranker" or self.query_type.startswith("reranked_"):
+            return self.query_type
+        return "reranked_vector"
 
     def fit(
         self,
@@ -72,6 +90,10 @@ class TuningRecipe:
             resume: continue from the checkpoints a killed fit left.
             adaptation: label-free pairs from the scored corpus, trained on beside `train`.
         """
+        if isinstance(self.finetune, RerankerTrainingConfig):
+            if serving is None:
+                raise TuningError("a reranker trains on the candidates of the table it reranks; pass the serving index")
+            return self._fit_reranker(self.finetune, train, output_dir, serving, resume)
         from ..training.finetuner import EmbeddingFinetuner  # torch and sentence-transformers: only once tuning starts
 
         stored = None
@@ -79,6 +101,31 @@ class TuningRecipe:
             stored = {n.node_id: n.embedding for n in table_nodes(serving.table)}
         trainer = EmbeddingFinetuner(replace(self.finetune, freeze_passages=self.mode == "query"))
         return trainer.fit(train, output_dir, nodes, resume=resume, stored_vectors=stored, adaptation=adaptation)  # type: ignore[arg-type]
+
+    def _fit_reranker(
+        self, config: RerankerTrainingConfig, train: QADataset, output_dir: Path, serving: LanceDBIndex, resume: bool
+    ) -> FinetuneResult:
+        """A cross-encoder from the serving one (or the bundled MiniLM), on the candidates the gated type reranks."""
+        from ..training.cross_encoder import CrossEncoderFinetuner  # torch and sentence-transformers: only once tuning starts
+
+        depth = self.search.k * self.search.overfetch
+        leg = LanceDBRetriever(serving.table, serving.query_model, self.gate_query_type.removeprefix("reranked_"), depth)  # type: ignore[arg-type]
+        current = self.search.reranker if self.reranker is None else self.reranker
+        serving_model = current.model if isinstance(current, RerankerSpec) and current.kind == "cross-encoder" else None
+        trainer = CrossEncoderFinetuner(replace(config, base_model=config.base_model or serving_model))
+        return trainer.fit(
+            train,
+            output_dir,
+            table_nodes(serving.table),
+            lambda queries: [[hit.node for hit in hits] for hits in leg.retrieve_many(queries)],
+            lambda queries: embed_queries(serving.query_model, queries),
+            resume=resume,
+        )
+
+    @staticmethod
+    def trained_reranker(model_dir: str | Path) -> RerankerSpec:
+        """The reranker a `reranker` fit saved in `model_dir`, as a spec a table records."""
+        return RerankerSpec("cross-encoder", str(Path(model_dir).resolve()))
 
     def encoder(self, model_dir: str | Path, table: lancedb.table.Table) -> BaseEmbedding:
         """The tuned model in the runtime `table` records for its vectors, so queries meet their own runtime."""
@@ -95,14 +142,21 @@ class TuningRecipe:
         queries: QADataset,
         timings: dict[str, float] | None = None,
         query_types: list[str] | None = None,
+        reranker: RerankerSpec | None = None,
     ) -> list[EvalResult]:
-        """The query types of `index` on `queries`, each row labelled `label`."""
-        return score_index(index, label, queries, self.search, {} if timings is None else timings, query_types, self.reranker)
+        """The query types of `index` on `queries`, each row labelled `label`; the reranked ones by `reranker` when given."""
+        postprocessor = self.reranker if reranker is None else reranker
+        return score_index(index, label, queries, self.search, {} if timings is None else timings, query_types, postprocessor)
 
-    def gate(self) -> Gate:
-        """The do-no-harm gate: both models' `query_type` rows at `search.k` on the gate's queries, compared on `search.gate_metric`."""
+    def gate(self, tuned_reranker: RerankerSpec | None = None) -> Gate:
+        """The do-no-harm gate: both models' `gate_query_type` rows at `search.k` on the gate's queries, compared on
+        `search.gate_metric`; with `tuned_reranker`, the tuned side is the table reranked by it."""
+        types: list[str] = [self.gate_query_type]
         return Gate(
-            lambda index, queries: self.scores(index, "gate", queries, query_types=[self.query_type])[0],
+            lambda index, queries: self.scores(index, "gate", queries, query_types=types)[0],
             self.search.k,
             self.search.gate_metric,
+            None
+            if tuned_reranker is None
+            else lambda index, queries: self.scores(index, "gate", queries, None, types, tuned_reranker)[0],
         )

@@ -1,9 +1,10 @@
 """Tuning the embedding model of a table an app already has, on the table's own nodes.
 
-Two modes of the one recipe (`recipe`). `query`: the table's stored vectors stay as they are, frozen, and only a query
+Three modes of the one recipe (`recipe`). `query`: the table's stored vectors stay as they are, frozen, and only a query
 encoder is trained against them (`QueryOnlyLoss`); no row is rewritten, and new documents
 are still embedded by the table's original model. `full`: both sides are tuned and every
-row is re-embedded with the tuned model (ids, text and metadata kept).
+row is re-embedded with the tuned model (ids, text and metadata kept). `reranker`: a cross-encoder
+learns to reorder the table's candidates for the reranked query types; encoders and rows stay.
 
 Either way the table serves the old model until the gate (`gate`) passes the tuned one: a full
 candidate is scored in a scratch copy of the table, and only a promotion (`versions`) writes
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from itertools import chain, count
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import lancedb
 import pyarrow as pa
@@ -31,6 +32,7 @@ from ..config import (
     FinetuneConfig,
     QueryType,
     RerankerSpec,
+    RerankerTrainingConfig,
     SearchConfig,
     TuneMode,
 )
@@ -41,8 +43,11 @@ from ..search.index import LanceDBIndex
 from ..store.encoder_record import EncoderNames, encoder_name
 from ..store.table import ensure_fts_index, table_nodes
 from ..store.versions import promote, reembedded_rows
-from .gate import UNGATED, gate_queries
+from .gate import UNGATED, GateVerdict, gate_queries
 from .recipe import TuningRecipe
+
+if TYPE_CHECKING:
+    from ..training.finetuner import FinetuneResult
 
 TUNE_MODES: tuple[str, ...] = get_args(TuneMode)
 # Set by the recipe itself: an override would contradict the mode or the table's model.
@@ -91,16 +96,22 @@ def default_output_dir(index: LanceDBIndex, mode: TuneMode) -> Path:
     return next(path for path in chain([first], attempts) if not path.exists())
 
 
-def tuning_config(index: LanceDBIndex, mode: TuneMode, overrides: dict[str, Any]) -> FinetuneConfig:
-    """The fine-tuning settings: quiet, from the table's document encoder (the recipe sets what the mode fixes)."""
+def tuning_config(index: LanceDBIndex, mode: TuneMode, overrides: dict[str, Any]) -> FinetuneConfig | RerankerTrainingConfig:
+    """The fine-tuning settings: quiet, from the table's document encoder (the recipe sets what the mode fixes);
+    a reranker's from `RerankerTrainingConfig`'s defaults."""
     if mode not in TUNE_MODES:
-        raise TuningError(f"unknown tuning mode '{mode}'; use query (table kept) or full (table re-embedded)")
-    known = {f.name for f in fields(FinetuneConfig)} - set(_RECIPE_FIELDS)
+        raise TuningError(
+            f"unknown tuning mode '{mode}'; use query (table kept), full (table re-embedded) or reranker (a cross-encoder trained)"
+        )
+    settings_class = RerankerTrainingConfig if mode == "reranker" else FinetuneConfig
+    known = {f.name for f in fields(settings_class)} - set(_RECIPE_FIELDS)
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TuningError(
-            f"unknown fine-tuning setting {', '.join(unknown)}; use FinetuneConfig's fields: {', '.join(sorted(known))}"
+            f"unknown {mode} tuning setting {', '.join(unknown)}; use {settings_class.__name__}'s fields: {', '.join(sorted(known))}"
         )
+    if mode == "reranker":
+        return RerankerTrainingConfig(**{"show_progress": False, **overrides})
     base = overrides.get("base_model") or encoder_name(index.embed_model)
     if base is None:
         raise TuningError("the table's embed_model has no model path to tune from; pass base_model=PATH_OR_HUB_ID")
@@ -137,27 +148,40 @@ def tune_index(
     Args:
         index: the table and its models.
         train: labeled queries over the table's documents.
-        mode: `query` (the table is not rewritten) or `full` (the table is re-embedded).
+        mode: `query` (the table is not rewritten), `full` (the table is re-embedded) or `reranker` (a
+            cross-encoder reranks the reranked types; a promotion records it with the table).
         output_dir: where the tuned model goes; default beside a local table (required otherwise).
         search: how the gate searches and its k (None: the defaults).
         gate: False promotes without the gate.
         eval_dataset: the gate's queries (None: the `val_fraction` of `train` the fine-tuner never trains on).
         query_type: the query type that answers the users; the gate decides on it.
         reranker: the reranked types' postprocessor instead of `search.reranker`.
-        **overrides: `FinetuneConfig` fields (epochs, learning_rate, batch_size...).
+        **overrides: `FinetuneConfig` fields (epochs, learning_rate, batch_size...); `RerankerTrainingConfig` ones for `reranker`.
     """
     config = tuning_config(index, mode, overrides)
     recipe = TuningRecipe(mode, config, search or SearchConfig(), query_type, reranker)
-    document_name = encoder_name(index.embed_model)
-    if mode == "query" and document_name is None:
+    document_name, query_name = encoder_name(index.embed_model), encoder_name(index.query_model)
+    if mode != "full" and (document_name is None or query_name is None):
+        tuned_part = "reranker" if mode == "reranker" else "query encoder"
         raise TuningError(
-            "the table's embed_model has no model path to record beside the tuned query encoder; open it with a path or hub id"
+            f"the table's embed_model has no model path to record beside the tuned {tuned_part}; open it with a path or hub id"
         )
     out = Path(output_dir).expanduser() if output_dir is not None else default_output_dir(index, mode)
     if out.is_dir() and any(out.iterdir()):
         raise TuningError(f"{out} exists and is not empty; pass another output_dir= for the tuned model")
     fit, held_out = gate_queries(train, eval_dataset, config) if gate else (train, None)
     trained = recipe.fit(fit, out, table_nodes(index.table), index)
+    serving = EncoderNames(query_name, document_name) if query_name and document_name else None
+    if mode == "reranker":
+        assert serving is not None  # checked before training
+        spec = recipe.trained_reranker(out)
+        verdict = UNGATED if held_out is None else recipe.gate(spec).verdict(index, index, held_out)
+        result = _tune_result(trained, verdict, index.table.version)
+        if verdict.promoted:
+            current = reranker if reranker is not None else recipe.search.reranker
+            replaced = None if isinstance(current, BaseNodePostprocessor) else str(current)
+            result.version = promote(index.table, serving, serving, verdict.figures(), reranker=(str(spec), replaced))
+        return index, result
     tuned_name = str(out.resolve())
     tuned = recipe.encoder(out, index.table)
     rows = reembedded_rows(index.table, tuned) if mode == "full" else None
@@ -168,23 +192,25 @@ def tune_index(
         else:
             with _scratch_index(rows, tuned) as candidate:
                 verdict = recipe.gate().verdict(index, candidate, held_out)
-    result = TuneResult(
+    result = _tune_result(trained, verdict, index.table.version)
+    if not verdict.promoted:
+        return index, result
+    names = EncoderNames(tuned_name, document_name if mode == "query" else tuned_name)  # type: ignore[arg-type]
+    result.version = promote(index.table, names, serving, verdict.figures(), rows)
+    if mode == "query":
+        return LanceDBIndex(index.table, index.embed_model, tuned), result
+    return LanceDBIndex(index.table, tuned), result
+
+
+def _tune_result(trained: FinetuneResult, verdict: GateVerdict, version: int) -> TuneResult:
+    return TuneResult(
         model_path=trained.model_path,
         promoted=verdict.promoted,
         reason=verdict.reason,
-        version=index.table.version,
+        version=version,
         serving=verdict.serving,
         tuned=verdict.tuned,
         p_value=verdict.p_value,
         metrics=trained.metrics,
         train_seconds=trained.train_seconds,
     )
-    if not verdict.promoted:
-        return index, result
-    names = EncoderNames(tuned_name, document_name if mode == "query" else tuned_name)  # type: ignore[arg-type]
-    query_name = encoder_name(index.query_model)
-    serving = EncoderNames(query_name, document_name) if query_name and document_name else None
-    result.version = promote(index.table, names, serving, verdict.figures(), rows)
-    if mode == "query":
-        return LanceDBIndex(index.table, index.embed_model, tuned), result
-    return LanceDBIndex(index.table, tuned), result
