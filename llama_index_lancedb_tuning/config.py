@@ -304,7 +304,7 @@ class RerankerTrainingConfig:
     learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of the steps spent warming the learning rate up"})
     negatives: int = field(default=4, metadata={"help": "hard negatives per training query, from the table's candidates"})
-    max_length: int = field(default=256, metadata={"help": "tokens of query and passage together the model reads"})
+    max_length: int = field(default=256, metadata={"help": "tokens of query and passage trained on (serving reads 512)"})
     val_fraction: float = field(default=0.2, metadata={"help": "fraction of the training queries carved off to validate"})
     seed: int = field(default=42, metadata={"help": "seed of the validation split, the negatives and the trainer"})
     k: int = field(default=5, metadata={"help": "k of the validation metrics"})

@@ -289,8 +289,10 @@ def _best_evaluation(trainer: CrossEncoderTrainer, k: int) -> dict[str, float]:
 
 
 def _val_scores(scores: dict[str, float]) -> dict[str, float]:
-    """The evaluator's figures without their prefixes: `mrr@5` reranked, `base_mrr@5` in the table's order."""
-    return {k.partition("val_")[2]: round(float(v), 4) for k, v in scores.items() if "val_" in k}
+    """The evaluator's figures as it names them, the trainer's `eval_` prefix dropped: `val_mrr@5` reranked,
+    `val_base_mrr@5` in the table's order."""
+    named = {k.removeprefix("eval_"): v for k, v in scores.items()}
+    return {k: round(float(v), 4) for k, v in named.items() if k.startswith("val_")}
 
 
 def _check_finite(model: CrossEncoder, output_dir: Path) -> None:

@@ -148,6 +148,20 @@ class TuningRecipe:
         postprocessor = self.reranker if reranker is None else reranker
         return score_index(index, label, queries, self.search, {} if timings is None else timings, query_types, postprocessor)
 
+    def reranked_rows(
+        self,
+        index: LanceDBIndex,
+        baseline: list[EvalResult],
+        queries: QADataset,
+        reranker: RerankerSpec,
+        timings: dict[str, float],
+    ) -> list[EvalResult]:
+        """`baseline`'s rows of `index` with its reranked types reordered by `reranker`, labelled `tuned`; the
+        other types search as they did, so their rows are `baseline`'s."""
+        types = [row.query_type for row in baseline if row.query_type.startswith("reranked_")]
+        rescored = {row.query_type: row for row in self.scores(index, "tuned", queries, timings, types, reranker)}
+        return [rescored.get(row.query_type) or replace(row, model="tuned") for row in baseline]
+
     def gate(self, tuned_reranker: RerankerSpec | None = None) -> Gate:
         """The do-no-harm gate: both models' `gate_query_type` rows at `search.k` on the gate's queries, compared on
         `search.gate_metric`; with `tuned_reranker`, the tuned side is the table reranked by it."""

@@ -158,8 +158,8 @@ def tune_and_evaluate(
         out: the run directory; locked while the run lasts, resumed if a killed run left it.
         config: the run's settings (default: the recommended recipe); `config.pairs` says
             where training pairs come from (see `training_data`), `config.tune` whether both
-            sides are tuned and the corpus re-embedded (`full`) or only the query encoder,
-            against the baseline table's stored vectors (`query`).
+            sides are tuned and the corpus re-embedded (`full`), only the query encoder, against the
+            baseline table's stored vectors (`query`), or a cross-encoder reranks the baseline table (`reranker`).
         documents: doc id -> text to tune on instead of the dataset's corpus.
         dataset_path: where `dataset` was read from, for the report.
         force: redo a directory that holds a finished report or another run's stages.
@@ -186,6 +186,10 @@ def tune_and_evaluate(
                 f"{shared} of {counted(len(eval_dataset), 'eval query')} also appear among the training queries; "
                 "remove them from the training or the eval data"
             )
+    if config.tune == "reranker" and (config.pairs != "labeled" or eval_dataset is not None or documents is not None):
+        raise TuningError(
+            "--tune reranker learns from labeled queries over the corpus it reranks; pass no --eval-data, documents or --pairs"
+        )
     scored = dataset if eval_dataset is None else eval_dataset
     splits = config.pairs == "labeled" and split is None and eval_dataset is None
     check_settings(scored, config.finetune.base_model, config, splits=splits)
@@ -206,7 +210,7 @@ def _baseline_index(uri: str, config: RunConfig) -> LanceDBIndex:
 
 
 def _recipe(config: RunConfig) -> TuningRecipe:
-    return TuningRecipe(config.tune, config.finetune, config)
+    return TuningRecipe(config.tune, config.reranker_training if config.tune == "reranker" else config.finetune, config)
 
 
 def _gate_verdict(
@@ -214,13 +218,14 @@ def _gate_verdict(
     queries: QADataset | None,
     scored: tuple[list[EvalResult], list[EvalResult]],
     indexes: tuple[LanceDBIndex, LanceDBIndex | None] | None = None,
+    tuned_reranker: RerankerSpec | None = None,
 ) -> GateVerdict:
-    """The recipe's gate on the run's (baseline, tuned) `indexes`; without the gate's queries, the
-    `scored` (baseline, tuned) rows may refuse the model but not validate it."""
+    """The recipe's gate on the run's (baseline, tuned) `indexes`, the tuned one reranked by `tuned_reranker`
+    when given; without the gate's queries, the `scored` (baseline, tuned) rows may refuse the model but not validate it."""
     if queries is None or indexes is None or indexes[1] is None:
         why = "--no-gate" if not config.gate else "the gate needs labeled training queries over the scored corpus"
         return unvalidated_verdict(why, *scored, config.k, config.gate_metric)
-    return _recipe(config).gate().verdict(indexes[0], indexes[1], queries)
+    return _recipe(config).gate(tuned_reranker).verdict(indexes[0], indexes[1], queries)
 
 
 def _tune_and_evaluate(
@@ -241,8 +246,8 @@ def _tune_and_evaluate(
     shared = shared_query_count(train, test)
     if shared:
         raise TuningError(f"{shared} test queries also appear among training queries; remove them from the training data")
-    tuning = config.finetune
     recipe = _recipe(config)
+    tuning = recipe.finetune
     # The gate needs the tables to index the training queries' documents: labeled pairs over the scored corpus.
     gated = config.gate and not node_level and eval_dataset is None and documents is None
     fit, held_out = gate_queries(train, None, tuning) if gated else (train, None)
@@ -250,7 +255,7 @@ def _tune_and_evaluate(
     # Eval data from another corpus is the point of eval data, not a mistake to warn about.
     mismatch = corpus_overlap_warnings(documents, dataset.corpus) if documents and eval_dataset is None else []
     warnings = _warn(sample_size_warnings(len(test), n_val) + mismatch)
-    base = tuning.base_model
+    base = config.finetune.base_model
     scored_corpus = dataset.corpus if eval_dataset is None else eval_dataset.corpus
     nodes = build_nodes(scored_corpus, base, config) if source is None else source.nodes
     train_nodes = None  # generated pairs already point at passages
@@ -276,18 +281,24 @@ def _tune_and_evaluate(
         adaptation = saved_offline_pairs(out / "adaptation_pairs.json", nodes, config.seed) if adapting else None
         # Positives of `query` tuning are the baseline table's own rows, so the frozen passages are its stored
         # vectors; generated pairs and another corpus's documents are not rows of it: the base model encodes them.
-        serving = _baseline_index(uri, config) if config.tune == "query" and train_nodes is nodes else None
+        serving = _baseline_index(uri, config) if config.tune in ("query", "reranker") and train_nodes is nodes else None
         recipe.fit(fit, model_dir, train_nodes, serving, resume=resume, adaptation=adaptation)
     timings["finetune"] = round(time.perf_counter() - t, 2)
 
     # The indexes load models, so only for what needs them: the query-tuned rows and the gate.
-    baseline_index = _baseline_index(uri, config) if config.tune == "query" or held_out is not None else None
+    baseline_index = _baseline_index(uri, config) if config.tune != "full" or held_out is not None else None
     tuned_index = None
+    trained_reranker = recipe.trained_reranker(model_dir) if config.tune == "reranker" else None
     if config.tune == "full":
         tuned = score_model(str(model_dir), "tuned", nodes, test, uri, "tuned", config, timings, timing_key="reembed")
         if held_out is not None:
             tuned_table = open_table(connect(uri), "tuned")
             tuned_index = LanceDBIndex(tuned_table, recipe.encoder(model_dir, tuned_table))
+    elif trained_reranker is not None:  # the baseline table as it is: only its reranked types change
+        timings["reembed"] = 0.0
+        assert baseline_index is not None
+        tuned_index = baseline_index
+        tuned = recipe.reranked_rows(baseline_index, baseline, test, trained_reranker, timings)
     else:  # the tuned query encoder searches the baseline table's vectors as they are
         timings["reembed"] = 0.0
         assert baseline_index is not None
@@ -295,7 +306,7 @@ def _tune_and_evaluate(
         tuned = recipe.scores(tuned_index, "tuned", test, timings)
     with_significance(baseline, tuned)
     indexes = None if baseline_index is None else (baseline_index, tuned_index)
-    verdict = _gate_verdict(config, held_out, (baseline, tuned), indexes)
+    verdict = _gate_verdict(config, held_out, (baseline, tuned), indexes, trained_reranker)
     timings["total"] = round(time.perf_counter() - t0, 2)
 
     results = baseline + tuned
