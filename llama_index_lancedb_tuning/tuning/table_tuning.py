@@ -108,7 +108,8 @@ def tuning_config(index: LanceDBIndex, mode: TuneMode, overrides: dict[str, Any]
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TuningError(
-            f"unknown {mode} tuning setting {', '.join(unknown)}; use {settings_class.__name__}'s fields: {', '.join(sorted(known))}"
+            f"unknown {'reranker tuning' if mode == 'reranker' else 'fine-tuning'} setting {', '.join(unknown)}; "
+            f"use {settings_class.__name__}'s fields: {', '.join(sorted(known))}"
         )
     if mode == "reranker":
         return RerankerTrainingConfig(**{"show_progress": False, **overrides})
