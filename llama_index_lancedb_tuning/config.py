@@ -373,7 +373,7 @@ class RunConfig(SearchConfig, ChunkingConfig):
         default=True,
         metadata={
             "help": "score the tuned model against the base one on validation queries carved from the training queries "
-            "before training, and report it promoted only if its hybrid --gate-metric (hit rate) at k is not below",
+            "before training, and report it promoted only if its hybrid (--tune reranker: reranked_vector) --gate-metric at k is not below",
             "flag": "--no-gate",
         },
     )
