@@ -13,6 +13,7 @@ will reorder when it serves, so it learns to order what it will be shown.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import shutil
 import time
@@ -77,15 +78,16 @@ def mine_examples(
 ) -> list[RerankerExample]:
     """Per query of `train`: a positive and up to `negatives` hard negatives.
 
-    The positive is the node of a relevant document whose stored vector the query vector is closest
-    to (the passage the table itself would offer first). The negatives are a seeded draw from the
-    query's candidates that belong to no relevant document: drawn across the list rather than its
-    top, which is where passages that answer the query without being labeled gather (neighbouring
-    chunks of one source, a second context asked about the same thing).
+    The positive is the node of a relevant document the table offers first: the first among the
+    query's candidates, else (none was found) the one whose stored vector the query vector is
+    closest to. The negatives are a seeded draw from the query's candidates that belong to no
+    relevant document: drawn across the list rather than its top, which is where passages that
+    answer the query without being labeled gather (neighbouring chunks of one source, a second
+    context asked about the same thing).
 
     Args:
         train: labeled queries over the documents of `nodes`.
-        nodes: every row of the serving table, with its stored (normalised) vector.
+        nodes: every row of the serving table, with its stored vector.
         candidates: the table's ranked candidates for a list of query texts.
         query_vectors: the table's query encoder, for a list of query texts.
         negatives: negatives per query.
@@ -101,17 +103,24 @@ def mine_examples(
             "their corpus ids must be the table's document ids"
         )
     texts = [train.queries[q] for q in train.query_ids]
-    vectors, lists = query_vectors(texts), candidates(texts)
+    lists = candidates(texts)
+    relevant = [set(train.relevant_docs[q]) for q in train.query_ids]
+    unfound = [i for i, found in enumerate(lists) if not any(node_source(n) in relevant[i] for n in found)]
+    vectors = dict(zip(unfound, query_vectors([texts[i] for i in unfound]))) if unfound else {}
     rng = random.Random(seed)
     examples = []
-    for qid, text, vector, found in zip(train.query_ids, texts, vectors, lists):
-        relevant = set(train.relevant_docs[qid])
-        own = [n for d in relevant for n in by_source.get(d, [])]
-        stored = np.asarray([n.embedding for n in own], dtype=np.float32)
-        positive = own[int(np.argmax(stored @ vector))]
-        pool = [n for n in found if node_source(n) not in relevant]
+    for i, (text, found) in enumerate(zip(texts, lists)):
+        ranked = [n for n in found if node_source(n) in relevant[i]]
+        own = [n for d in relevant[i] for n in by_source.get(d, [])]
+        positive = ranked[0] if ranked else max(own, key=lambda n: _similarity(n, vectors[i]))
+        pool = [n for n in found if node_source(n) not in relevant[i]]
         examples.append(RerankerExample(text, positive, rng.sample(pool, min(negatives, len(pool)))))
     return examples
+
+
+def _similarity(node: BaseNode, query_vector: np.ndarray) -> float:
+    """The stored vector's dot product with the query's (a row stored without one ranks last)."""
+    return -math.inf if node.embedding is None else float(np.asarray(node.embedding, dtype=np.float32) @ query_vector)
 
 
 def validation_samples(queries: QADataset, nodes: Sequence[BaseNode], candidates: CandidateSearch) -> list[dict[str, Any]]:
