@@ -161,12 +161,12 @@ def load_base(model: str | None, max_length: int) -> CrossEncoder:
 class CrossEncoderFinetuner:
     """Fine-tunes a cross-encoder with binary cross-entropy on (query, passage, 0/1) pairs.
 
-    Pointwise BCE, with the positives weighted by the negatives' count, as sentence-transformers'
-    reranker recipe trains its MS MARCO cross-encoders: every pair is a row, so the trainer's
-    shuffling, checkpoints and resume work on pairs, and one query costs 1 + negatives forward passes
-    per epoch, as a listwise loss over the same lists would, without its per-query padding.
-    Validation queries are carved from the training queries (seeded) and reranked as the table
-    gives them; test queries never reach this class.
+    Pointwise BCE, the positives weighted up by the negatives' count, as sentence-transformers
+    trains its MS MARCO cross-encoders. A listwise loss (ListNet, LambdaLoss) would score the same
+    1 + negatives passages per query at the same cost, with a list of a handful of passages to
+    exploit; BCE keeps each pair a row of its own, so the trainer's shuffling, checkpoints and
+    resume work as they do for the embedding model. Validation queries are carved from the
+    training queries (seeded) and reranked as the table gives them; test queries never reach this class.
 
     Args:
         config: how to train (base model, epochs, negatives, validation); None: the defaults.
