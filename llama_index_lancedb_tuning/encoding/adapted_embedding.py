@@ -5,8 +5,9 @@ Documents keep the vectors the app's embedding makes, so a table's stored vector
 nothing is re-embedded; only a query's vector goes through the map before it searches them. The
 map starts as the identity (`QueryAdapter`), so an untrained adapter retrieves what its base does.
 
-An adapter folder holds `adapter.safetensors` (the weights) and `adapter.json`: the map's shape
-and a description of the base embedding it was trained on, from which `from_table` makes it
+An adapter folder holds `adapter.safetensors` (the weights), `adapter.json` (the map's shape and
+a description of the base embedding it was trained on), the training queries' vectors and the
+trainer's `metrics.json`. From the description `from_table` makes the base
 again with no model argument. The description never holds a secret: settings whose name speaks
 of a key, token, secret, password, credential, auth or header are left out, so the rebuilt
 embedding reads them where its class reads them by default (`OPENAI_API_KEY` for OpenAI), or the
@@ -28,12 +29,17 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from torch import Tensor, nn
 
 from ..common.jsonfile import read_json, write_json
+from ..common.redaction import redact
 from ..config import AdapterKind, Backend
 from ..errors import TuningError
 from .embed_models import backend_of, embed_queries, embed_texts, encoder_name, load_embed_model
 
 ADAPTER_CONFIG = "adapter.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
+# The training queries' vectors by the base embedding (`training.adapter.cached_query_vectors`): all an
+# adapter folder holds before its training finished, which a new tuning into it reuses.
+QUERY_VECTORS, QUERY_TEXTS = "query_vectors.npy", "query_vectors.json"
+CACHE_FILES = (QUERY_VECTORS, QUERY_TEXTS)
 # A setting named like this may hold a credential: never written beside the adapter.
 _SECRET_SETTING = re.compile(r"key|token|secret|password|credential|auth|header", re.IGNORECASE)
 # Only LlamaIndex's own embedding classes are imported back from a description.
@@ -112,25 +118,33 @@ def describe_embedding(model: BaseEmbedding) -> dict[str, Any]:
     return description
 
 
+def _rebuild_failed(description: dict[str, Any], why: str) -> TuningError:
+    short = description["class"].rpartition(".")[2]
+    return TuningError(
+        f"cannot rebuild the adapter's base embedding {short} ({why}; keys are never recorded): set its key where its "
+        f"class reads it (e.g. the environment), or pass the app's embedding: from_table(embed_model={short}(...))"
+    )
+
+
+def _brief(exc: Exception) -> str:
+    """`exc` in a few words, one line, any key in it redacted."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return redact(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)[:160]
+
+
 def rebuild_embedding(description: dict[str, Any], backend: Backend = "auto") -> BaseEmbedding:
     """The embedding `describe_embedding` described; its secrets come from where its class reads them."""
     if description.get("load"):
         return load_embed_model(description["load"], backend=backend)
-    path = description["class"]
-    module_name, _, class_name = path.rpartition(".")
-    short = class_name or path
-    fix = f"pass the app's embedding: from_table(embed_model={short}(...))"
+    module_name, _, class_name = description["class"].rpartition(".")
     if not module_name.startswith(_REBUILDABLE_PACKAGES):
-        raise TuningError(f"the adapter's base embedding {path} is not a LlamaIndex class to rebuild; {fix}")
+        raise _rebuild_failed(description, "not a LlamaIndex class")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-        model = cls(**description.get("settings", {}))
+        model = getattr(importlib.import_module(module_name), class_name)(**description.get("settings", {}))
     except Exception as exc:  # a missing package or key: any error of the class's own
-        raise TuningError(
-            f"cannot rebuild the adapter's base embedding {short} ({type(exc).__name__}; keys are never recorded); {fix}"
-        ) from None
+        raise _rebuild_failed(description, _brief(exc)) from None
     if not isinstance(model, BaseEmbedding):
-        raise TuningError(f"the adapter's base {path} is not a LlamaIndex embedding; {fix}")
+        raise _rebuild_failed(description, "not a LlamaIndex embedding")
     return model
 
 
@@ -156,10 +170,13 @@ def load_adapter(folder: str | Path) -> tuple[QueryAdapter, dict[str, Any]]:
     return adapter.eval(), config
 
 
-def same_base(config: dict[str, Any], model: BaseEmbedding) -> bool:
-    """Whether `model` is of the class and model name the adapter of `config` was trained on."""
-    base = config["base"]
-    return base["class"].rpartition(".")[2] == type(model).__qualname__ and base["model_name"] == encoder_name(model)
+def adapts(folder: str, model: BaseEmbedding) -> bool:
+    """Whether `folder` holds an adapter trained on `model`'s query vectors: a model of the name it
+    describes (of its class too, for an embedding `load_embed_model` does not make)."""
+    config = read_json(Path(folder).expanduser() / ADAPTER_CONFIG) if is_adapter_dir(folder) else None
+    if config is None or config["base"]["model_name"] != encoder_name(model):
+        return False
+    return bool(config["base"].get("load")) or config["base"]["class"].rpartition(".")[2] == type(model).__qualname__
 
 
 class AdaptedEmbedding(BaseEmbedding):
@@ -167,6 +184,7 @@ class AdaptedEmbedding(BaseEmbedding):
 
     Args:
         base: the app's embedding (the model the table's vectors were made with).
+        adapter: the trained map.
         adapter_dir: the adapter folder (its absolute path is this embedding's `model_name`, the
             name a table records for its query encoder).
     """
@@ -176,7 +194,7 @@ class AdaptedEmbedding(BaseEmbedding):
     _adapter: QueryAdapter = PrivateAttr()
 
     def __init__(self, base: BaseEmbedding, adapter: QueryAdapter, adapter_dir: str | Path, **kwargs: Any) -> None:
-        folder = str(Path(adapter_dir).expanduser().absolute())
+        folder = str(Path(adapter_dir).expanduser().resolve())
         kwargs.setdefault("model_name", folder)
         kwargs.setdefault("embed_batch_size", base.embed_batch_size)
         super().__init__(base=base, adapter_dir=folder, **kwargs)  # type: ignore[call-arg]
@@ -192,7 +210,12 @@ class AdaptedEmbedding(BaseEmbedding):
         """
         adapter, config = load_adapter(adapter_dir)
         model = rebuild_embedding(config["base"], backend) if base is None else base
-        dim = len(embed_queries(model, ["dimension check"])[0])
+        try:
+            dim = len(embed_queries(model, ["dimension check"])[0])
+        except Exception as exc:  # a rebuilt API embedding meets its missing key only here
+            if base is not None:
+                raise
+            raise _rebuild_failed(config["base"], _brief(exc)) from None
         if dim != adapter.dim:
             raise TuningError(
                 f"the adapter in {adapter_dir} maps {adapter.dim}-dim query vectors but the embedding makes {dim}-dim ones; "

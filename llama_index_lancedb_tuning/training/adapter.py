@@ -32,16 +32,12 @@ from ..common.jsonfile import read_json, write_json
 from ..common.wording import counted
 from ..config import FinetuneConfig
 from ..data.qa_dataset import QADataset
-from ..encoding.adapted_embedding import QueryAdapter, describe_embedding, save_adapter
+from ..encoding.adapted_embedding import QUERY_TEXTS, QUERY_VECTORS, QueryAdapter, describe_embedding, save_adapter
 from ..encoding.embed_models import embed_queries, embed_texts
 from ..errors import TuningError
 from .finetuner import FinetuneResult
 from .training_pairs import source_nodes
 
-QUERY_VECTORS = "query_vectors.npy"
-QUERY_TEXTS = "query_vectors.json"
-# What an adapter folder holds before its training finished: resuming reads it.
-CACHE_FILES = (QUERY_VECTORS, QUERY_TEXTS)
 MNRL_SCALE = 20.0  # sentence-transformers' MultipleNegativesRankingLoss default
 _MRR_CUT = 10
 _EMBED_CHUNK = 64  # queries embedded between two saves of the cache
@@ -143,7 +139,9 @@ class AdapterTrainer:
         positives = np.stack([np.isin(sources, train.relevant_docs[q]) for q in train.query_ids])
         lost = int((~positives.any(axis=1)).sum())
         if lost:
-            raise TuningError(f"the relevant documents of {counted(lost, 'training query')} are not in the table; fix relevant_docs")
+            raise TuningError(
+                f"the relevant documents of {counted(lost, 'training query')} are not in the table; fix relevant_docs"
+            )
         position = {q: i for i, q in enumerate(train.query_ids)}
         fit_ids, val_ids = train.split(cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (train, None)
         fit = [position[q] for q in fit_ids.query_ids]
