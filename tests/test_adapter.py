@@ -3,7 +3,9 @@ and LlamaIndex's `OpenAIEmbedding` against a local embeddings server (the bundle
 `HuggingFaceEmbedding` as the black box, through `lancedb-tune run --tune adapter`; the untrained adapter
 is the identity; bad inputs are refused in one line."""
 
+import asyncio
 import json
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -97,7 +99,9 @@ def test_an_openai_table_tunes_an_adapter_that_reopens_without_a_model_and_rolls
 
     assert isinstance(pack.query_encoder, AdaptedEmbedding) and pack.document_encoder is embedding
     probe = probes[0]
-    assert not np.allclose(pack.query_encoder.get_query_embedding(probe), embedding.get_query_embedding(probe), atol=1e-3)
+    adapted = pack.query_encoder.get_query_embedding(probe)
+    assert not np.allclose(adapted, embedding.get_query_embedding(probe), atol=1e-3)
+    np.testing.assert_allclose(asyncio.run(pack.query_encoder.aget_query_embedding(probe)), adapted, atol=1e-6)
     tuned = _hits(pack, probes)
     assert tuned != plain
 
@@ -135,11 +139,23 @@ def test_a_huggingface_embedding_as_the_black_box(tmp_path, small_nodes, small_d
     assert pack.query_encoder.base is embedding
     tuned = _hits(pack, probes)
     assert tuned != plain
+    # Documents embed as the base embeds them; only queries go through the adapter.
+    np.testing.assert_allclose(
+        pack.query_encoder.get_text_embedding(probes[0]), embedding.get_text_embedding(probes[0]), atol=1e-6
+    )
 
     reopened = FinetunedLanceDBRetrieverPack.from_table(uri=str(tmp_path), table_name="t")
     assert isinstance(reopened.query_encoder, AdaptedEmbedding)
     assert reopened.document_encoder.model_name == default_model_path
     assert _hits(reopened, probes) == tuned
+
+    # A tuning into a folder holding only a killed attempt's query vectors embeds no query again.
+    again = tmp_path / "again"
+    again.mkdir()
+    for name in ("query_vectors.npy", "query_vectors.json"):
+        shutil.copy(result.model_path / name, again / name)
+    rerun = pack.finetune(train, mode="adapter", adapter="linear", gate=False, output_dir=again)
+    assert rerun.metrics["n_queries_embedded"] == 0 and rerun.metrics["val_after"] == result.metrics["val_after"]
 
 
 def test_lancedb_tune_run_tunes_an_adapter_against_the_baseline_table(tmp_path, capsys):
@@ -202,7 +218,7 @@ def test_bad_adapter_requests_are_refused_in_one_line(tmp_path, torch_index, sma
     with pytest.raises(TuningError, match="maps 384-dim query vectors but the embedding makes 8-dim ones"):
         AdaptedEmbedding.load(tmp_path / "adapter", MockEmbedding(embed_dim=8))
     # A table whose rows hold no vector.
-    bare = LanceDBIndex.build(small_nodes, embed_model, str(tmp_path), "bare", show_progress=False)
+    bare = LanceDBIndex.build(small_nodes[:10], embed_model, str(tmp_path), "bare", show_progress=False)
     bare.table.update(values={"vector": None})
     with pytest.raises(TuningError, match=r"rows of the table store no vector to train the adapter against") as err:
         tune_index(bare, train, "adapter", tmp_path / "d", gate=False)
