@@ -11,6 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.schema import TextNode
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from llama_index.embeddings.openai import OpenAIEmbedding
 from openai_server import OpenAIServer  # tests/ is on sys.path under pytest's default import mode
@@ -27,6 +28,7 @@ from llama_index_lancedb_tuning.tuning.table_tuning import tune_index
 
 KEY = "sk-local-adapter-test-key"
 EMBEDDING = "text-embedding-3-small"
+QUOKKA = "Quokkas photobomb tourists on Rottnest Island."
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -121,9 +123,13 @@ def test_an_openai_table_tunes_an_adapter_that_reopens_without_a_model_and_rolls
     own = FinetunedLanceDBRetrieverPack.from_table(uri=str(tmp_path), table_name="t", embed_model=_openai(server))
     assert isinstance(own.query_encoder, AdaptedEmbedding) and _hits(own, probes) == tuned
 
+    # A row added while the adapter serves survives the rollback, embedded again by the app's embedding (an API
+    # embedding has no path to be loaded by).
+    pack.add(nodes=[TextNode(id_="quokka", text=QUOKKA)])
     pack.rollback()
     assert pack.query_encoder is embedding and pack.document_encoder is embedding
     assert _hits(pack, probes) == plain
+    assert _stored(table)["quokka"] == np.asarray(embedding.get_text_embedding(QUOKKA), dtype=np.float32).tobytes()
     plain_again = FinetunedLanceDBRetrieverPack.from_table(uri=str(tmp_path), table_name="t", embed_model=_openai(server))
     assert plain_again.query_encoder.model_name == EMBEDDING and _hits(plain_again, probes) == plain
 
