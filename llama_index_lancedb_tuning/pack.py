@@ -6,7 +6,7 @@ import ast
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.llms import LLM
@@ -34,15 +34,9 @@ from .errors import TuningError
 from .evaluation.metrics import EvalResult
 from .search.index import LanceDBIndex
 from .search.rerankers import hybrid_reranker, node_reranker
-from .store.encoder_record import table_backend
 from .store.table import DEFAULT_TABLE, DEFAULT_URI, TableMode
 from .store.versions import Promotion, history, rollback
 from .tuning.table_tuning import TuneResult, tune_index
-
-if TYPE_CHECKING:
-    import lancedb
-
-    from .store.encoder_record import EncoderNames
 
 try:  # llama-index-core <= 0.14.20 ships the base class; 0.14.21+ removed it.
     from llama_index.core.llama_pack import BaseLlamaPack
@@ -72,19 +66,6 @@ def _document_nodes(
     return chunk_corpus(corpus, token_counter(tokenizer), chunk_size, chunk_overlap, fix_glued_words)
 
 
-def _load_pair(names: EncoderNames | None, table: lancedb.table.Table) -> tuple[BaseEmbedding, BaseEmbedding | None]:
-    """(document encoder, query encoder or None when the same) loaded from their recorded names, in the
-    runtime `table` records for its vectors, so queries meet vectors of their own runtime."""
-    if names is None:
-        raise TuningError(
-            "the promotion rolled back did not record the encoders it replaced; reopen the table with from_table(embed_model=...)"
-        )
-    backend = table_backend(table)
-    document = load_embed_model(names.document_encoder, backend=backend)
-    same = names.query_encoder == names.document_encoder
-    return document, None if same else load_embed_model(names.query_encoder, backend=backend)
-
-
 class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
     """Index documents or nodes with a (fine-tuned) embedding model in LanceDB and serve the
     five query types of the reference table: vector, fts, reranked_vector, reranked_fts, hybrid.
@@ -94,9 +75,10 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
     `overwrite` replaces it, both only when asked for.
 
     Two encoders serve the table: the document encoder (`embed_model`, the model its vectors
-    were made with, which embeds what `add` appends) and the query encoder (the same model, or
-    one `finetune(mode="query")` tuned against the frozen vectors). Tuning records the pair with
-    the table, and opening it with no `embed_model` brings the pair back.
+    were made with, which embeds what `add` appends) and the query encoder (the same model, one
+    `finetune(mode="query")` tuned against the frozen vectors, or the document encoder with a
+    `finetune(mode="adapter")` map on its query vectors). Tuning records the pair with the table,
+    and opening it with no `embed_model` brings the pair back.
     """
 
     def __init__(
@@ -158,7 +140,8 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             uri: where the table lives.
             table_name: the table.
             embed_model: the model its vectors were made with; None: the pair recorded by `finetune`,
-                else the bundled MiniLM.
+                else the bundled MiniLM. An API embedding (OpenAI...) is passed with its key: the
+                table's adapter for it, if it records one, embeds the queries.
             **kwargs: the constructor's other arguments (query_type, reranker, query_encoder...).
         """
         return cls(embed_model=embed_model, uri=uri, table_name=table_name, **kwargs)
@@ -259,6 +242,9 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         `query`: only a query encoder learns, against the table's stored vectors, frozen; no row
         or vector is rewritten, and `add` keeps embedding documents with the table's model.
         `full`: both sides are tuned and every row is re-embedded (ids, text, metadata kept).
+        `adapter`: the table's embedding, whatever it is (OpenAI, Cohere, HuggingFace...), stays as
+        it is; a small map on its query vectors (`adapter="mlp"` or `"linear"`) learns against the
+        stored vectors, from the training queries embedded once (cached in the adapter's folder).
 
         The gate scores the serving and the tuned model with the pack's own retriever
         (`query_type`, at `similarity_top_k`) on validation queries the tuned model never saw;
@@ -270,16 +256,16 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         Args:
             train: labeled queries; relevance is by document (a node's `source_id` metadata or
                 `ref_doc_id`), so its corpus ids must be the ids of the table's documents.
-            mode: `query` or `full`.
-            output_dir: where the tuned model goes; default beside a local table, a new folder for each attempt (`TuneResult.model_path`).
+            mode: `query`, `full` or `adapter`.
+            output_dir: where the tuned model (or adapter) goes; default beside a local table, a new folder for each attempt (`TuneResult.model_path`).
             gate: False promotes the tuned model without scoring it.
             eval_dataset: the gate's validation queries; None: the `val_fraction` of `train` the
                 fine-tuning holds out for validation (carved apart before training when `refit`
                 would train on it).
             gate_metric: what the gate compares: `hit_rate` (McNemar's test) or `mrr`, `ndcg`, `recall`,
                 `precision`, `map` (a sign test on the per-query differences).
-            **overrides: `FinetuneConfig` fields (epochs, learning_rate, val_fraction...); bars are off
-                unless `show_progress=True`.
+            **overrides: `FinetuneConfig` fields (epochs, learning_rate, val_fraction...; for `adapter`:
+                adapter, adapter_epochs, adapter_learning_rate, batch_size); bars are off unless `show_progress=True`.
         """
         self.lancedb_index, result = tune_index(
             self.lancedb_index,
@@ -301,8 +287,9 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         indices) and the pack's encoders, exactly. Returns the table version now serving (a new
         one, equal to the restored one)."""
         table = self.lancedb_index.table
-        version, previous = rollback(table)
-        self.lancedb_index = LanceDBIndex(table, *_load_pair(previous, table))
+        serving = self.lancedb_index.embed_model
+        version, previous = rollback(table, serving)
+        self.lancedb_index = LanceDBIndex.from_record(table, previous, serving)
         self._build_views()
         return version
 

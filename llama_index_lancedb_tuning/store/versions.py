@@ -31,7 +31,8 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.schema import BaseNode, MetadataMode
 
 from ..common.wording import counted
-from ..encoding.embed_models import embed_texts, load_embed_model
+from ..config import TuneMode
+from ..encoding.embed_models import backend_of, embed_texts, encoder_name, load_embed_model
 from ..errors import TuningError
 from .encoder_record import (
     EncoderNames,
@@ -58,7 +59,7 @@ class Promotion:
         version: the table version it produced (tagged `promotion-N`); None if the process was
             killed before tagging it.
         previous_version: the version it replaced (tagged `promotion-N-before`), which rollback restores.
-        mode: `query` (query encoder switched) or `full` (table re-embedded).
+        mode: `query` (query encoder switched), `adapter` (an adapter on the queries switched) or `full` (table re-embedded).
         encoders: the pair it put in service.
         previous_encoders: the pair serving before it (None: the table recorded none).
         figures: the gate's validation figures of both models.
@@ -108,6 +109,7 @@ def promote(
     previous_encoders: EncoderNames | None,
     figures: dict[str, Any],
     rows: pa.Table | None = None,
+    mode: TuneMode | None = None,
 ) -> int:
     """Put a tuned pair in service as a new tagged version; returns that version.
 
@@ -118,6 +120,8 @@ def promote(
         figures: the validation figures to keep with the version.
         rows: the re-embedded rows (`reembedded_rows`) for a full promotion; None switches the
             query encoder only (no row is rewritten).
+        mode: the tuning mode to record (None: `full` with rows, else `query`); `adapter` switches
+            the query encoder too.
     """
     table.checkout_latest()
     previous_version = table.version
@@ -127,7 +131,7 @@ def promote(
     promotion = {
         "number": number,
         "previous_version": previous_version,
-        "mode": "query" if rows is None else "full",
+        "mode": mode or ("query" if rows is None else "full"),
         "previous_encoders": None if previous_encoders is None else vars(previous_encoders),
         "figures": figures,
     }
@@ -143,12 +147,17 @@ def promote(
     return table.version
 
 
-def rollback(table: lancedb.table.Table) -> tuple[int, EncoderNames | None]:
+def rollback(table: lancedb.table.Table, document_encoder: BaseEmbedding | None = None) -> tuple[int, EncoderNames | None]:
     """Restore the version the serving promotion replaced; returns the new version and the pair serving again.
 
     Rows added after the promotion are not in that version: they are added again, embedded by the
     document encoder the restored version records (their ids, text and metadata as they are), so a
     rollback never loses a row. Rows deleted after the promotion come back with the old version.
+
+    Args:
+        table: the serving table.
+        document_encoder: the document encoder serving now; it embeds the added rows when the restored
+            version records the same one in the same runtime (an API embedding has no path to be loaded by).
     """
     table.checkout_latest()
     promotion = current_promotion(table)
@@ -157,7 +166,6 @@ def rollback(table: lancedb.table.Table) -> tuple[int, EncoderNames | None]:
     restored = promotion["previous_version"]
     previous = None if promotion["previous_encoders"] is None else EncoderNames(**promotion["previous_encoders"])
     added = _rows_added_since(table, restored)
-    document_encoder = None
     if added:
         if previous is None:
             raise TuningError(
@@ -165,10 +173,14 @@ def rollback(table: lancedb.table.Table) -> tuple[int, EncoderNames | None]:
                 "version it restores records no encoder to embed them with; add them again after rolling back by hand "
                 "(LanceDB restore), or keep serving the promotion"
             )
-        # Loaded before the restore: a model that fails to load leaves the table as it was.
-        document_encoder = load_embed_model(previous.document_encoder, backend=table_backend(_at_version(table, restored)))
+        backend = table_backend(_at_version(table, restored))
+        same = document_encoder is not None and encoder_name(document_encoder) == previous.document_encoder
+        if not same or backend_of(document_encoder) not in (None, backend):  # type: ignore[arg-type]
+            # Loaded before the restore: a model that fails to load leaves the table as it was.
+            document_encoder = load_embed_model(previous.document_encoder, backend=backend)
     retrying_commit(table, partial(table.restore, restored))
-    if document_encoder is not None:
+    if added:
+        assert document_encoder is not None
         append_nodes(added, document_encoder, table, show_progress=False, total=len(added))
     return table.version, previous
 

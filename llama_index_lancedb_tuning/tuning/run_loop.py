@@ -158,8 +158,9 @@ def tune_and_evaluate(
         out: the run directory; locked while the run lasts, resumed if a killed run left it.
         config: the run's settings (default: the recommended recipe); `config.pairs` says
             where training pairs come from (see `training_data`), `config.tune` whether both
-            sides are tuned and the corpus re-embedded (`full`) or only the query encoder,
-            against the baseline table's stored vectors (`query`).
+            sides are tuned and the corpus re-embedded (`full`), or only the query encoder (`query`)
+            or an adapter on the base model's query vectors (`adapter`), against the baseline table's
+            stored vectors.
         documents: doc id -> text to tune on instead of the dataset's corpus.
         dataset_path: where `dataset` was read from, for the report.
         force: redo a directory that holds a finished report or another run's stages.
@@ -274,21 +275,21 @@ def _tune_and_evaluate(
     if read_json(model_dir / "metrics.json") is None:  # absent, or torn by a kill mid-write
         adapting = config.tune == "full" and config.adapt and eval_dataset is not None and not node_level
         adaptation = saved_offline_pairs(out / "adaptation_pairs.json", nodes, config.seed) if adapting else None
-        # Positives of `query` tuning are the baseline table's own rows, so the frozen passages are its stored
-        # vectors; generated pairs and another corpus's documents are not rows of it: the base model encodes them.
-        serving = _baseline_index(uri, config) if config.tune == "query" and train_nodes is nodes else None
+        # Positives of `query` and `adapter` tuning are the baseline table's own rows, so the frozen passages are its
+        # stored vectors; generated pairs and another corpus's documents are not rows of it: the base model encodes them.
+        serving = _baseline_index(uri, config) if config.tune != "full" and train_nodes is nodes else None
         recipe.fit(fit, model_dir, train_nodes, serving, resume=resume, adaptation=adaptation)
     timings["finetune"] = round(time.perf_counter() - t, 2)
 
     # The indexes load models, so only for what needs them: the query-tuned rows and the gate.
-    baseline_index = _baseline_index(uri, config) if config.tune == "query" or held_out is not None else None
+    baseline_index = _baseline_index(uri, config) if config.tune != "full" or held_out is not None else None
     tuned_index = None
     if config.tune == "full":
         tuned = score_model(str(model_dir), "tuned", nodes, test, uri, "tuned", config, timings, timing_key="reembed")
         if held_out is not None:
             tuned_table = open_table(connect(uri), "tuned")
             tuned_index = LanceDBIndex(tuned_table, recipe.encoder(model_dir, tuned_table))
-    else:  # the tuned query encoder searches the baseline table's vectors as they are
+    else:  # the tuned query encoder (or the adapted base) searches the baseline table's vectors as they are
         timings["reembed"] = 0.0
         assert baseline_index is not None
         tuned_index = recipe.query_tuned(baseline_index, model_dir)

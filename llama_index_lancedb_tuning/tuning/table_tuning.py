@@ -1,9 +1,11 @@
 """Tuning the embedding model of a table an app already has, on the table's own nodes.
 
-Two modes of the one recipe (`recipe`). `query`: the table's stored vectors stay as they are, frozen, and only a query
+Three modes of the one recipe (`recipe`). `query`: the table's stored vectors stay as they are, frozen, and only a query
 encoder is trained against them (`QueryOnlyLoss`); no row is rewritten, and new documents
-are still embedded by the table's original model. `full`: both sides are tuned and every
-row is re-embedded with the tuned model (ids, text and metadata kept).
+are still embedded by the table's original model. `adapter`: the same, with the table's own
+embedding (any LlamaIndex one, an API's too) kept as well: a small map on its query vectors is
+trained (`training.adapter`). `full`: both sides are tuned and every row is re-embedded with
+the tuned model (ids, text and metadata kept).
 
 Either way the table serves the old model until the gate (`gate`) passes the tuned one: a full
 candidate is scored in a scratch copy of the table, and only a promotion (`versions`) writes
@@ -35,10 +37,12 @@ from ..config import (
     TuneMode,
 )
 from ..data.qa_dataset import QADataset
+from ..encoding.adapted_embedding import CACHE_FILES as ADAPTER_CACHE_FILES
+from ..encoding.embed_models import encoder_name
 from ..errors import TuningError
 from ..evaluation.metrics import EvalResult
 from ..search.index import LanceDBIndex
-from ..store.encoder_record import EncoderNames, encoder_name
+from ..store.encoder_record import EncoderNames
 from ..store.table import ensure_fts_index, table_nodes
 from ..store.versions import promote, reembedded_rows
 from .gate import UNGATED, gate_queries
@@ -76,11 +80,19 @@ class TuneResult:
     train_seconds: float = 0.0
 
 
+def _resumable(folder: Path, mode: TuneMode) -> bool:
+    """Whether `folder` may take the tuned model: empty, or an adapter's that a killed tuning left with only
+    the query vectors it had embedded (the next tuning reuses them instead of calling the embedding again)."""
+    names = {p.name for p in folder.iterdir()}
+    return not names or (mode == "adapter" and names <= set(ADAPTER_CACHE_FILES))
+
+
 def default_output_dir(index: LanceDBIndex, mode: TuneMode) -> Path:
     """Beside a local table: `<uri>/<table>.<mode>-tuned-v<version>`, new for each tuning of the table.
 
     A tuning the gate refused keeps its model there, and trying again on the same version is the
-    normal next step, so each later attempt gets the next free `...-v<version>-<attempt>` folder.
+    normal next step, so each later attempt gets the next free `...-v<version>-<attempt>` folder
+    (an adapter's folder holding only the query vectors of a killed attempt counts as free).
     """
     table = index.table
     uri = getattr(table, "uri", None)  # a LanceDB Cloud table has none
@@ -88,21 +100,26 @@ def default_output_dir(index: LanceDBIndex, mode: TuneMode) -> Path:
         raise TuningError(f"table '{table.name}' is not on local disk; pass output_dir= for the tuned model")
     first = Path(uri.removeprefix("file://")).parent / f"{table.name}.{mode}-tuned-v{table.version}"
     attempts = (first.with_name(f"{first.name}-{n}") for n in count(2))
-    return next(path for path in chain([first], attempts) if not path.exists())
+    return next(path for path in chain([first], attempts) if not path.exists() or _resumable(path, mode))
 
 
 def tuning_config(index: LanceDBIndex, mode: TuneMode, overrides: dict[str, Any]) -> FinetuneConfig:
     """The fine-tuning settings: quiet, from the table's document encoder (the recipe sets what the mode fixes)."""
     if mode not in TUNE_MODES:
-        raise TuningError(f"unknown tuning mode '{mode}'; use query (table kept) or full (table re-embedded)")
+        raise TuningError(
+            f"unknown tuning mode '{mode}'; use query or adapter (table kept: a tuned query encoder, or an adapter on "
+            "the table's embedding) or full (table re-embedded)"
+        )
     known = {f.name for f in fields(FinetuneConfig)} - set(_RECIPE_FIELDS)
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TuningError(
             f"unknown fine-tuning setting {', '.join(unknown)}; use FinetuneConfig's fields: {', '.join(sorted(known))}"
         )
+    if mode == "adapter" and overrides.get("base_model"):
+        raise TuningError("an adapter maps the table's own embedding; drop base_model= or tune with mode='query' or 'full'")
     base = overrides.get("base_model") or encoder_name(index.embed_model)
-    if base is None:
+    if base is None and mode != "adapter":
         raise TuningError("the table's embed_model has no model path to tune from; pass base_model=PATH_OR_HUB_ID")
     settings = {"show_progress": False, **overrides, "base_model": base}
     return FinetuneConfig(**settings)
@@ -137,7 +154,7 @@ def tune_index(
     Args:
         index: the table and its models.
         train: labeled queries over the table's documents.
-        mode: `query` (the table is not rewritten) or `full` (the table is re-embedded).
+        mode: `query` or `adapter` (the table is not rewritten) or `full` (the table is re-embedded).
         output_dir: where the tuned model goes; default beside a local table (required otherwise).
         search: how the gate searches and its k (None: the defaults).
         gate: False promotes without the gate.
@@ -149,22 +166,26 @@ def tune_index(
     config = tuning_config(index, mode, overrides)
     recipe = TuningRecipe(mode, config, search or SearchConfig(), query_type, reranker)
     document_name = encoder_name(index.embed_model)
-    if mode == "query" and document_name is None:
+    if mode != "full" and document_name is None:
         raise TuningError(
-            "the table's embed_model has no model path to record beside the tuned query encoder; open it with a path or hub id"
+            "the table's embed_model has no model_name to record beside the tuned query side; open it with a path or hub id, "
+            "or give the embedding a model_name"
         )
     out = Path(output_dir).expanduser() if output_dir is not None else default_output_dir(index, mode)
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and not _resumable(out, mode):
         raise TuningError(f"{out} exists and is not empty; pass another output_dir= for the tuned model")
     fit, held_out = gate_queries(train, eval_dataset, config) if gate else (train, None)
     trained = recipe.fit(fit, out, table_nodes(index.table), index)
     tuned_name = str(out.resolve())
-    tuned = recipe.encoder(out, index.table)
-    rows = reembedded_rows(index.table, tuned) if mode == "full" else None
+    if mode == "full":
+        tuned = recipe.encoder(out, index.table)
+        rows = reembedded_rows(index.table, tuned)
+    else:
+        query_tuned, rows = recipe.query_tuned(index, out), None
     verdict = UNGATED
     if held_out is not None:
         if rows is None:
-            verdict = recipe.gate().verdict(index, recipe.query_tuned(index, out), held_out)
+            verdict = recipe.gate().verdict(index, query_tuned, held_out)
         else:
             with _scratch_index(rows, tuned) as candidate:
                 verdict = recipe.gate().verdict(index, candidate, held_out)
@@ -181,10 +202,10 @@ def tune_index(
     )
     if not verdict.promoted:
         return index, result
-    names = EncoderNames(tuned_name, document_name if mode == "query" else tuned_name)  # type: ignore[arg-type]
+    names = EncoderNames(tuned_name, tuned_name if mode == "full" else document_name)  # type: ignore[arg-type]
     query_name = encoder_name(index.query_model)
     serving = EncoderNames(query_name, document_name) if query_name and document_name else None
-    result.version = promote(index.table, names, serving, verdict.figures(), rows)
-    if mode == "query":
-        return LanceDBIndex(index.table, index.embed_model, tuned), result
+    result.version = promote(index.table, names, serving, verdict.figures(), rows, mode)
+    if rows is None:
+        return query_tuned, result
     return LanceDBIndex(index.table, tuned), result
