@@ -13,3 +13,8 @@ def test_a_large_corpus_is_cut_to_the_relevant_nodes_and_a_seeded_sample(small_d
     assert cut.corpus_ids == ir_evaluator(queries, by_source, 5, "val", seed=1, max_nodes=len(relevant) + 10).corpus_ids
     whole = ir_evaluator(queries, by_source, 5, "val")  # under the cap: every node
     assert len(whole.corpus_ids) == len(small_nodes)
+
+
+def test_a_cut_equal_to_ten_is_counted_once(small_dataset, small_nodes):
+    by_source = source_nodes(small_dataset, small_nodes)
+    assert ir_evaluator(small_dataset, by_source, 10, "val").accuracy_at_k == [1, 10]

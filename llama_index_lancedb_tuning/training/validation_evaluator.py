@@ -45,7 +45,8 @@ def ir_evaluator(
         queries=queries,
         corpus=dict[str, Any](corpus),
         relevant_docs=relevant,
-        accuracy_at_k=[1, k, 10],
+        # Each cut once: the evaluator adds a query's hit once per entry, so a repeated cut (k=10) reads above 1.
+        accuracy_at_k=sorted({1, k, 10}),
         precision_recall_at_k=[k],
         mrr_at_k=[10],
         ndcg_at_k=[10],
