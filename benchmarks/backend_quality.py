@@ -32,14 +32,14 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
 
-    from llama_index_lancedb_tuning import LanceDBIndex, RunConfig, load_dataset, load_embed_model
+    from llama_index_lancedb_tuning import LanceDBIndex, RunConfig, load_embed_model, load_qa_dataset
     from llama_index_lancedb_tuning.evaluation.evaluator import evaluate_retriever
     from llama_index_lancedb_tuning.evaluation.metrics import mcnemar_p
     from llama_index_lancedb_tuning.tuning.run_loop import build_nodes
 
     datasets = {
-        "data_qa": load_dataset(DATA / "data_qa.csv"),
-        "uber": load_dataset(DATA / "lyft_uber_10k" / "val_dataset.json"),
+        "data_qa": load_qa_dataset(DATA / "data_qa.csv"),
+        "uber": load_qa_dataset(DATA / "lyft_uber_10k" / "val_dataset.json"),
     }
     backends = args.backends.split(",")
     out: dict = {"k": args.k, "backends": backends}

@@ -33,9 +33,9 @@ from llama_index_lancedb_tuning import (
     RunConfig,
     evaluate_retrievers,
     hybrid_reranker,
-    load_dataset,
     load_embed_model,
     load_labeled_csv,
+    load_qa_dataset,
 )
 from llama_index_lancedb_tuning.tuning.run_loop import build_nodes
 
@@ -101,7 +101,7 @@ def run_hits(run: Path, config: RunConfig) -> tuple[str, dict[tuple[str, str], l
     saved = json.loads((run / "settings.json").read_text())["config"]
     if saved["finetune"]["refit"]:
         raise SystemExit(f"{run} refit on its validation queries; score a run without --refit")
-    dataset = load_dataset(report["dataset"]["path"])
+    dataset = load_qa_dataset(report["dataset"]["path"])
     train = dataset if report["dataset"]["eval_path"] else dataset.split(saved["test_size"], saved["seed"])[0]
     _fit, val = train.split(saved["finetune"]["val_fraction"], saved["finetune"]["seed"])
     nodes = build_nodes(dataset.corpus, None, config)

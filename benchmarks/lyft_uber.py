@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from llama_index_lancedb_tuning import QADataset, RunConfig, load_dataset, tune_and_evaluate
+from llama_index_lancedb_tuning import QADataset, RunConfig, load_qa_dataset, tune_and_evaluate
 from llama_index_lancedb_tuning.config import QUERY_TYPES, PairsSource, recommended_finetune
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lyft_uber_10k"
@@ -117,7 +117,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out, data = Path(args.out), Path(args.data)
     train_path, test_path = data / "train_dataset.json", data / "val_dataset.json"
-    train, test = load_dataset(train_path), load_dataset(test_path)
+    train, test = load_qa_dataset(train_path), load_qa_dataset(test_path)
     note = ""
     if args.limit_queries:
         train, test = first_queries(train, args.limit_queries), first_queries(test, args.limit_queries)

@@ -21,7 +21,7 @@ os.environ.setdefault("LANCEDB_LOG", "error")
 
 _EXPORTS = {
     "data.qa_dataset": ["QADataset"],
-    "data.labeled_csv": ["load_dataset", "load_labeled_csv"],
+    "data.labeled_csv": ["load_dataset", "load_labeled_csv", "load_qa_dataset"],
     "data.beir": ["load_beir", "read_qrels"],
     "data.documents": ["load_documents"],
     "data.chunking": ["chunk_corpus", "model_tokenizer", "split_glued_words"],

@@ -6,7 +6,7 @@ import ast
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.llms import LLM
@@ -34,15 +34,10 @@ from .errors import TuningError
 from .evaluation.metrics import EvalResult
 from .search.index import LanceDBIndex
 from .search.rerankers import hybrid_reranker, node_reranker
-from .store.encoder_record import recorded_reranker, table_backend
+from .store.encoder_record import recorded_reranker
 from .store.table import DEFAULT_TABLE, DEFAULT_URI, TableMode
 from .store.versions import Promotion, current_promotion, history, rollback
 from .tuning.table_tuning import TuneResult, tune_index
-
-if TYPE_CHECKING:
-    import lancedb
-
-    from .store.encoder_record import EncoderNames
 
 try:  # llama-index-core <= 0.14.20 ships the base class; 0.14.21+ removed it.
     from llama_index.core.llama_pack import BaseLlamaPack
@@ -72,19 +67,6 @@ def _document_nodes(
     return chunk_corpus(corpus, token_counter(tokenizer), chunk_size, chunk_overlap, fix_glued_words)
 
 
-def _load_pair(names: EncoderNames | None, table: lancedb.table.Table) -> tuple[BaseEmbedding, BaseEmbedding | None]:
-    """(document encoder, query encoder or None when the same) loaded from their recorded names, in the
-    runtime `table` records for its vectors, so queries meet vectors of their own runtime."""
-    if names is None:
-        raise TuningError(
-            "the promotion rolled back did not record the encoders it replaced; reopen the table with from_table(embed_model=...)"
-        )
-    backend = table_backend(table)
-    document = load_embed_model(names.document_encoder, backend=backend)
-    same = names.query_encoder == names.document_encoder
-    return document, None if same else load_embed_model(names.query_encoder, backend=backend)
-
-
 class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
     """Index documents or nodes with a (fine-tuned) embedding model in LanceDB and serve the
     five query types of the reference table: vector, fts, reranked_vector, reranked_fts, hybrid.
@@ -94,9 +76,10 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
     `overwrite` replaces it, both only when asked for.
 
     Two encoders serve the table: the document encoder (`embed_model`, the model its vectors
-    were made with, which embeds what `add` appends) and the query encoder (the same model, or
-    one `finetune(mode="query")` tuned against the frozen vectors). Tuning records the pair with
-    the table, and opening it with no `embed_model` brings the pair back; likewise the cross-encoder
+    were made with, which embeds what `add` appends) and the query encoder (the same model, one
+    `finetune(mode="query")` tuned against the frozen vectors, or the document encoder with a
+    `finetune(mode="adapter")` map on its query vectors). Tuning records the pair with the table,
+    and opening it with no `embed_model` brings the pair back; likewise the cross-encoder
     `finetune(mode="reranker")` promotes, with no `reranker`.
     """
 
@@ -159,7 +142,8 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
             uri: where the table lives.
             table_name: the table.
             embed_model: the model its vectors were made with; None: the pair recorded by `finetune`,
-                else the bundled MiniLM.
+                else the bundled MiniLM. An API embedding (OpenAI...) is passed with its key: the
+                table's adapter for it, if it records one, embeds the queries.
             **kwargs: the constructor's other arguments (query_type, reranker, query_encoder...); no `reranker`:
                 the one `finetune(mode="reranker")` recorded, else fusion.
         """
@@ -261,6 +245,9 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         `query`: only a query encoder learns, against the table's stored vectors, frozen; no row
         or vector is rewritten, and `add` keeps embedding documents with the table's model.
         `full`: both sides are tuned and every row is re-embedded (ids, text, metadata kept).
+        `adapter`: the table's embedding, whatever it is (OpenAI, Cohere, HuggingFace...), stays as
+        it is; a small map on its query vectors (`adapter="mlp"` or `"linear"`) learns against the
+        stored vectors, from the training queries embedded once (cached in the adapter's folder).
         `reranker`: a cross-encoder learns to reorder the candidates the table gives the reranked
         types, against hard negatives from them; the gate compares it with the serving reranker on
         the reranked type (`reranked_vector` unless `query_type` is reranked).
@@ -275,16 +262,17 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         Args:
             train: labeled queries; relevance is by document (a node's `source_id` metadata or
                 `ref_doc_id`), so its corpus ids must be the ids of the table's documents.
-            mode: `query`, `full` or `reranker`.
-            output_dir: where the tuned model goes; default beside a local table, a new folder for each attempt (`TuneResult.model_path`).
+            mode: `query`, `full`, `adapter` or `reranker`.
+            output_dir: where the tuned model (or adapter) goes; default beside a local table, a new folder for each attempt (`TuneResult.model_path`).
             gate: False promotes the tuned model without scoring it.
             eval_dataset: the gate's validation queries; None: the `val_fraction` of `train` the
                 fine-tuning holds out for validation (carved apart before training when `refit`
                 would train on it).
             gate_metric: what the gate compares: `hit_rate` (McNemar's test) or `mrr`, `ndcg`, `recall`,
                 `precision`, `map` (a sign test on the per-query differences).
-            **overrides: `FinetuneConfig` fields (epochs, learning_rate, val_fraction...), `RerankerTrainingConfig`
-                ones for `reranker`; bars are off unless `show_progress=True`.
+            **overrides: `FinetuneConfig` fields (epochs, learning_rate, val_fraction...; for `adapter`:
+                adapter, adapter_epochs, adapter_learning_rate, batch_size; for `reranker`: epochs, learning_rate,
+                batch_size, reranker_model, reranker_negatives, reranker_max_length); bars are off unless `show_progress=True`.
         """
         self.lancedb_index, result = tune_index(
             self.lancedb_index,
@@ -309,11 +297,12 @@ class FinetunedLanceDBRetrieverPack(BaseLlamaPack):
         table records, gives way to fusion: pass it again). Returns the table version now serving (a
         new one, equal to the restored one)."""
         table = self.lancedb_index.table
+        serving = self.lancedb_index.embed_model
         undone = current_promotion(table)
-        version, previous = rollback(table)
+        version, previous = rollback(table, serving)
         if undone is not None and undone["mode"] == "reranker":
             self.reranker_spec = undone["previous_reranker"]
-        self.lancedb_index = LanceDBIndex(table, *_load_pair(previous, table))
+        self.lancedb_index = LanceDBIndex.from_record(table, previous, serving)
         self._build_views()
         return version
 

@@ -1,15 +1,18 @@
-"""A local OpenAI-compatible chat-completions server for tests, scriptable per request.
+"""A local OpenAI-compatible chat-completions and embeddings server for tests, scriptable per request.
 
 Serves `POST /v1/chat/completions` on 127.0.0.1 at a random port. By default it answers
 with questions derived from the prompt's passage; `script` queues special replies
 (`("status", 429)`, `("slow", seconds)`, `("text", "...")`) consumed one per request, and
 `rules` maps a substring of the prompt to the reply every matching request gets.
+`POST /v1/embeddings` answers with the bundled model's normalised vectors (loaded on the first
+such request), as floats or base64 as the request asks; `embedded` lists every text it embedded.
 Run as a module (`python -m tests.openai_server` or this file) to serve until killed,
 printing the port first.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import sys
@@ -46,6 +49,8 @@ class OpenAIServer:
         self.script: deque[Action] = deque()
         self.rules: dict[str, Action] = {}
         self.requests: list[dict[str, Any]] = []
+        self.embedded: list[str] = []
+        self._encoder: Any = None
         self.delay = delay  # every reply waits this long, to keep a run going for kill tests
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
@@ -71,6 +76,37 @@ class OpenAIServer:
                     return action
             return self.script.popleft() if self.script else None
 
+    def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The embeddings object the openai SDK parses, for the texts of `body["input"]`."""
+        texts = [body["input"]] if isinstance(body["input"], str) else list(body["input"])
+        with self._lock:  # one model, loaded once, encoding one request at a time
+            if self._encoder is None:
+                from sentence_transformers import SentenceTransformer
+
+                from llama_index_lancedb_tuning import resolve_model
+                from llama_index_lancedb_tuning.encoding.model_ids import transformers_bars_off
+
+                with transformers_bars_off():
+                    self._encoder = SentenceTransformer(resolve_model(None), device="cpu")
+            vectors = self._encoder.encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            self.embedded.extend(texts)
+        as_base64 = body.get("encoding_format") == "base64"
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if as_base64 else v.tolist(),
+            }
+            for i, v in enumerate(vectors)
+        ]
+        tokens = sum(len(t.split()) for t in texts)
+        return {
+            "object": "list",
+            "data": data,
+            "model": body.get("model"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
@@ -83,6 +119,8 @@ class OpenAIServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path.rstrip("/") == "/v1/embeddings":
+                    return self._send(200, server.embeddings(body))
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
                 prompt = body["messages"][-1]["content"]

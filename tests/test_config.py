@@ -39,6 +39,8 @@ def test_the_recipe_follows_the_source_of_pairs():
     [
         (lambda: FinetuneConfig(loss="bogus"), "unknown loss 'bogus'; use one of mnrl, cached_mnrl, gist"),
         (lambda: FinetuneConfig(positives="some"), "unknown positives 'some'"),
+        (lambda: FinetuneConfig(adapter="conv"), "unknown adapter 'conv'; use one of linear, mlp"),
+        (lambda: RunConfig(tune="both"), "unknown tune 'both'; use one of query, full, adapter"),
         (lambda: RunConfig(pairs="web"), "unknown pairs 'web'; use one of labeled, offline, llm"),
         (lambda: RunConfig(backend="tensorrt"), "unknown backend 'tensorrt'"),
         (lambda: RunConfig(engine="spark"), "unknown engine 'spark'; use one of local, ray"),
@@ -61,6 +63,8 @@ def test_bad_choices_fail_at_construction(make, expected):
         (lambda: FinetuneConfig(learning_rate=0.0), "learning_rate must be a positive number"),
         (lambda: FinetuneConfig(warmup_ratio=math.inf), "warmup_ratio must be a finite number"),
         (lambda: FinetuneConfig(epochs=0), "epochs must be at least 1, got 0"),
+        (lambda: FinetuneConfig(adapter_epochs=0), "adapter_epochs must be at least 1, got 0"),
+        (lambda: FinetuneConfig(adapter_learning_rate=-1e-3), "adapter_learning_rate must be a positive number"),
         (lambda: FinetuneConfig(batch_size=1), "batch_size must be at least 2, got 1"),
         (lambda: FinetuneConfig(val_fraction=1.0), "val_fraction must be from 0 up to 1, got 1.0"),
         (lambda: RunConfig(test_size=math.nan), "test_size must be a finite number"),

@@ -12,9 +12,9 @@ from llama_index_lancedb_tuning import (
     QADataset,
     TuningError,
     chunk_corpus,
-    load_dataset,
     load_documents,
     load_labeled_csv,
+    load_qa_dataset,
     model_tokenizer,
     resolve_model,
 )
@@ -67,7 +67,7 @@ def test_a_comma_csv_whose_contexts_hold_tabs_stays_comma_separated(tmp_path):
 
 def test_a_pdf_passed_as_the_labeled_csv_is_named_a_pdf():
     with pytest.raises(TuningError, match=r"is a PDF, not a labeled CSV.*--queries") as info:
-        load_dataset(UBER_PDF)
+        load_qa_dataset(UBER_PDF)
     assert "UTF-8" not in str(info.value) and "\n" not in str(info.value)
 
 
@@ -177,7 +177,7 @@ def test_json_with_a_query_repeated_under_new_ids_counts_it_once(tmp_path, caplo
 def test_llamaindex_lyft_train_file_merges_its_ten_repeats(caplog):
     raw = json.loads(LYFT_TRAIN.read_text())
     with caplog.at_level(logging.WARNING):
-        dataset = load_dataset(LYFT_TRAIN)
+        dataset = load_qa_dataset(LYFT_TRAIN)
     assert len(raw["queries"]) == 668 and len(dataset) == 658
     assert len(set(dataset.queries.values())) == 658
     assert set(dataset.query_ids) <= set(raw["queries"])  # ids are the file's own

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_DATA
 
-from llama_index_lancedb_tuning import QADataset, RunConfig, TuningError, load_dataset, tune_and_evaluate
+from llama_index_lancedb_tuning import QADataset, RunConfig, TuningError, load_qa_dataset, tune_and_evaluate
 from llama_index_lancedb_tuning.cli import main
 from llama_index_lancedb_tuning.config import recommended_finetune
 from llama_index_lancedb_tuning.tuning.run_loop import build_nodes, run_settings, training_data
@@ -37,12 +37,12 @@ def _slice(dataset: QADataset, n: int) -> QADataset:
 
 @pytest.fixture(scope="module")
 def lyft() -> QADataset:
-    return load_dataset(LYFT)
+    return load_qa_dataset(LYFT)
 
 
 @pytest.fixture(scope="module")
 def uber() -> QADataset:
-    return load_dataset(UBER)
+    return load_qa_dataset(UBER)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def slice_files(tmp_path_factory, lyft, uber) -> tuple[Path, Path]:
 
 def test_the_lyft_training_file_loads_merged_and_splits_by_the_seed(lyft, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        again = load_dataset(LYFT)
+        again = load_qa_dataset(LYFT)
     assert "10 queries repeated an earlier query" in caplog.text
     assert (len(again), len(again.corpus)) == (658, 334)  # 668 rows, 10 of them repeats
     train, test, node_level = training_data(lyft, tmp_path, RunConfig(), None)

@@ -91,3 +91,11 @@ def test_module_imports_form_no_cycle():
 def test_the_root_keeps_only_the_front_ends_and_the_shared_settings():
     root = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
     assert root == ["cli", "config", "errors", "pack"]
+
+
+def test_every_public_name_imports_from_the_root():
+    import llama_index_lancedb_tuning as package
+
+    missing = [name for name in package.__all__ if getattr(package, name, None) is None]
+    assert missing == []
+    assert package.load_dataset is package.load_qa_dataset  # the earlier name still imports

@@ -13,7 +13,6 @@ from sentence_transformers import CrossEncoder
 
 from llama_index_lancedb_tuning import QADataset, RunConfig, TuningError
 from llama_index_lancedb_tuning.cli import main
-from llama_index_lancedb_tuning.config import FinetuneConfig, RerankerTrainingConfig
 from llama_index_lancedb_tuning.encoding.embed_models import embed_queries
 from llama_index_lancedb_tuning.encoding.model_ids import resolve_cross_encoder
 from llama_index_lancedb_tuning.pack import FinetunedLanceDBRetrieverPack
@@ -24,7 +23,7 @@ from llama_index_lancedb_tuning.training.cross_encoder import mine_examples, nod
 from llama_index_lancedb_tuning.tuning.run_loop import tune_and_evaluate
 
 # One negative, short inputs, 8 candidates (k=2): seconds per training on two CPU cores.
-QUICK = {"negatives": 1, "max_length": 96, "batch_size": 8}
+QUICK = {"reranker_negatives": 1, "reranker_max_length": 96, "batch_size": 8}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -156,11 +155,12 @@ def test_run_tune_reranker_reranks_the_baseline_table_with_the_trained_model(tmp
     data = tmp_path / "tiny.csv"
     keep.to_csv(data, index=False)
     out = tmp_path / "out"
-    assert main(["run", str(data), "--out", str(out), "--tune", "reranker", "--hard-negatives", "1", "--k", "2", "--quiet"]) == 0
+    assert main(["run", str(data), "--out", str(out), "--tune", "reranker", "--lr", "2e-4", "--k", "2", "--quiet"]) == 0
 
     report = json.loads((out / "report.json").read_text())
     assert report["tune"] == "reranker" and report["timings_s"]["reembed"] == 0
-    assert report["finetune_metrics"]["config"]["negatives"] == 1  # --hard-negatives carries over
+    settings = report["finetune_metrics"]["config"]
+    assert (settings["learning_rate"], settings["reranker_negatives"], settings["k"]) == (2e-4, 4, 2)  # --lr reaches the reranker
     rows_by = {(r["model"], r["query_type"]): r for r in report["results"]}
     trained = f"SentenceTransformerRerank({(out / 'model').resolve()})"
     for query_type in ("reranked_vector", "reranked_fts"):
@@ -179,8 +179,9 @@ def test_run_tune_reranker_reranks_the_baseline_table_with_the_trained_model(tmp
 def test_bad_reranker_tuning_requests_are_one_line_errors(tmp_path, tiny, tiny_table, capsys):
     pack = _pack(tiny_table, tmp_path)
     for overrides, message in (
-        ({"loss": "mnrl"}, "unknown reranker tuning setting loss; use RerankerTrainingConfig's fields"),
-        ({"negatives": 0}, "negatives must be at least 1, got 0"),
+        ({"negatives": 2}, "unknown fine-tuning setting negatives; use FinetuneConfig's fields"),
+        ({"reranker_negatives": 0}, "reranker_negatives must be at least 1, got 0"),
+        ({"reranker_max_length": 8}, "reranker_max_length must be at least 16, got 8"),
         ({"learning_rate": 0.0}, "learning_rate must be a positive number"),
     ):
         with pytest.raises(TuningError, match=message):
@@ -194,13 +195,3 @@ def test_bad_reranker_tuning_requests_are_one_line_errors(tmp_path, tiny, tiny_t
     err = capsys.readouterr().err
     assert "--tune reranker learns from labeled queries" in err and err.count("\n") == 1 and "Traceback" not in err
     assert not any((tmp_path / "o").glob("*.lance"))
-
-
-def test_the_reranker_settings_of_a_run():
-    assert RunConfig().reranker_training == RerankerTrainingConfig()
-    moved = RunConfig(tune="reranker", k=3, seed=7, finetune=FinetuneConfig(learning_rate=3e-5, hard_negatives=6, epochs=2))
-    assert moved.reranker_training == RerankerTrainingConfig(learning_rate=3e-5, negatives=6, epochs=2, k=3, seed=7)
-    given = RerankerTrainingConfig(max_length=64, base_model="/models/ce")
-    assert RunConfig(tune="reranker", reranker_training=given, k=3).reranker_training == RerankerTrainingConfig(
-        max_length=64, base_model="/models/ce", k=3
-    )

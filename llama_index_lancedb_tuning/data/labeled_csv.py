@@ -111,7 +111,7 @@ def _delimiter(path: Path, header: str, query_column: str) -> str:
     return ","
 
 
-def load_dataset(path: str | Path, query_column: str = "query", context_column: str = "context") -> QADataset:
+def load_qa_dataset(path: str | Path, query_column: str = "query", context_column: str = "context") -> QADataset:
     """A labeled CSV/TSV, a QA dataset JSON (by file extension) or a BEIR folder's test queries.
 
     Args:
@@ -125,3 +125,8 @@ def load_dataset(path: str | Path, query_column: str = "query", context_column: 
     if Path(path).suffix.lower() == ".json":
         return QADataset.from_json(path)
     return load_labeled_csv(path, query_column, context_column)
+
+
+# The name earlier releases exported, kept so their imports work; it shadows Hugging Face datasets'
+# `load_dataset` where both are imported, so new code uses `load_qa_dataset`.
+load_dataset = load_qa_dataset

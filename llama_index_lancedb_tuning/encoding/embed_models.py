@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, get_args
 
 import numpy as np
@@ -84,6 +85,19 @@ def backend_of(embed_model: BaseEmbedding) -> EncoderBackend | None:
     if isinstance(embed_model, OnnxEmbedding):
         return "onnx-int8" if embed_model.int8 else "onnx"
     return "torch" if isinstance(embed_model, HuggingFaceEmbedding) else None
+
+
+def encoder_name(model: BaseEmbedding) -> str | None:
+    """The hub id or the absolute path a LlamaIndex embedding loads from, when it has one.
+
+    A relative path is made absolute: the name is recorded with the table and must load from
+    wherever the app runs next.
+    """
+    name = getattr(model, "model_name", None)
+    if not isinstance(name, str) or not name or name == "unknown":
+        return None
+    path = Path(name).expanduser()
+    return str(path.absolute()) if path.exists() else name
 
 
 def load_embed_model(

@@ -18,10 +18,11 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode
 from llama_index.vector_stores.lancedb import LanceDBVectorStore
 
-from ..config import HYBRID_OVERFETCH, QUERY_TYPES, RERANK_OVERFETCH, Engine, QueryType
-from ..encoding.embed_models import load_embed_model
+from ..config import HYBRID_OVERFETCH, QUERY_TYPES, RERANK_OVERFETCH, EncoderBackend, Engine, QueryType
+from ..encoding.adapted_embedding import AdaptedEmbedding, adapts, is_adapter_dir
+from ..encoding.embed_models import encoder_name, load_embed_model
 from ..errors import TuningError
-from ..store.encoder_record import EncoderPair, recorded_encoders, table_backend
+from ..store.encoder_record import EncoderNames, EncoderPair, recorded_encoders, table_backend
 from ..store.lancedb_internals import table_connection
 from ..store.table import (
     DEFAULT_TABLE,
@@ -35,6 +36,28 @@ from ..store.table import (
     write_nodes,
 )
 from .retrievers import LanceDBRetriever, RerankedRetriever
+
+
+def query_model(model: str | BaseEmbedding, document_encoder: BaseEmbedding, backend: EncoderBackend) -> BaseEmbedding:
+    """A query encoder: an embedding as it is, an adapter folder over `document_encoder`, or a model path or hub id."""
+    if isinstance(model, str) and is_adapter_dir(model):
+        return AdaptedEmbedding.load(model, document_encoder)
+    return load_embed_model(model, backend=backend)
+
+
+def recorded_pair(
+    names: EncoderNames, backend: EncoderBackend, serving: BaseEmbedding | None = None
+) -> tuple[BaseEmbedding, BaseEmbedding | None]:
+    """(document encoder, query encoder or None when the same) loaded from their recorded names, in the runtime
+    `backend` of the table's vectors. `serving` is the document encoder when it bears its recorded name; else an
+    adapter's base is made again from the adapter's description of it (`adapted_embedding.rebuild_embedding`)."""
+    document = serving if serving is not None and encoder_name(serving) == names.document_encoder else None
+    if is_adapter_dir(names.query_encoder):
+        adapted = AdaptedEmbedding.load(names.query_encoder, document, backend)
+        return adapted.base, adapted
+    document = document or load_embed_model(names.document_encoder, backend=backend)
+    same = names.query_encoder == names.document_encoder
+    return document, None if same else load_embed_model(names.query_encoder, backend=backend)
 
 
 @dataclass
@@ -120,21 +143,30 @@ class LanceDBIndex:
         Args:
             embed_model: the model the table was built with (a LlamaIndex embedding, path or hub id);
                 None: the document encoder recorded with the table by tuning, else the bundled MiniLM.
-                A path or id loads in the runtime the table records (`encoders.table_backend`).
+                A path or id loads in the runtime the table records (`encoders.table_backend`). When
+                the table records an adapter trained on this model's query vectors, the adapter
+                embeds the queries (an API embedding is passed with its key, which is never recorded).
             uri: where the table lives.
             table_name: the table.
             storage_options: passed to LanceDB as is.
-            query_encoder: a model that embeds queries instead of `embed_model`; None: the one recorded
-                with the table when `embed_model` is None too, else `embed_model`.
+            query_encoder: a model that embeds queries instead of `embed_model`, or an adapter folder
+                applied to it; None: the one recorded with the table when `embed_model` is None too (or
+                the adapter recorded for `embed_model`), else `embed_model`.
         """
         table = open_table(connect(uri, storage_options), table_name)
-        recorded = recorded_encoders(table) if embed_model is None else None
+        recorded = recorded_encoders(table)
         backend = table_backend(table)  # the runtime its vectors were made with
-        model = load_embed_model(embed_model if recorded is None else recorded.document_encoder, backend=backend)
-        if query_encoder is None and recorded is not None and recorded.query_encoder != recorded.document_encoder:
-            query_encoder = recorded.query_encoder
-        queries = None if query_encoder is None else load_embed_model(query_encoder, backend=backend)
-        for role, m in (("model", model), ("query encoder", queries)):
+        if embed_model is None and recorded is not None:
+            model, queries = recorded_pair(recorded, backend)
+        else:
+            model, queries = load_embed_model(embed_model, backend=backend), None
+            adapter = recorded.query_encoder if recorded is not None and embed_model is not None else None
+            if query_encoder is None and adapter is not None and adapts(adapter, model):
+                query_encoder = adapter  # the app's own embedding, with the adapter the table records for it
+        if query_encoder is not None:
+            queries = query_model(query_encoder, model, backend)
+        # An adapted encoder makes its base's dimension, which its loading checked.
+        for role, m in (("model", model), ("query encoder", None if isinstance(queries, AdaptedEmbedding) else queries)):
             dim = None if m is None else len(m.get_query_embedding("dimension check"))
             if dim is not None and dim != vector_dim(table):
                 raise TuningError(
@@ -143,6 +175,18 @@ class LanceDBIndex:
                 )
         ensure_fts_index(table)
         return cls(table, model, queries)
+
+    @classmethod
+    def from_record(
+        cls, table: lancedb.table.Table, names: EncoderNames | None, serving: BaseEmbedding | None = None
+    ) -> LanceDBIndex:
+        """`table` with the pair `names` records (a rollback's restored pair), `serving` reused when it is that
+        document encoder: an API embedding cannot be loaded again by its name."""
+        if names is None:
+            raise TuningError(
+                "the promotion rolled back did not record the encoders it replaced; reopen the table with from_table(embed_model=...)"
+            )
+        return cls(table, *recorded_pair(names, table_backend(table), serving))
 
     def add(self, nodes: Sequence[BaseNode], show_progress: bool = False) -> None:
         """Append nodes; the full-text index is rebuilt so new text is searchable at once."""

@@ -18,7 +18,6 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lancedb
@@ -27,7 +26,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field
 
 from ..config import Backend, EncoderBackend
-from ..encoding.embed_models import BACKEND_KEY, BACKENDS, embed_texts, resolve_backend
+from ..encoding.embed_models import BACKEND_KEY, BACKENDS, embed_texts, encoder_name, resolve_backend
 from .table import sql_id_list, update_vector_field_metadata, vector_field_metadata
 
 QUERY_ENCODER_KEY = "lancedb:tag:query_encoder"
@@ -43,19 +42,6 @@ class EncoderNames:
 
     query_encoder: str
     document_encoder: str
-
-
-def encoder_name(model: BaseEmbedding) -> str | None:
-    """The hub id or the absolute path a LlamaIndex embedding loads from, when it has one.
-
-    A relative path is made absolute: the name is recorded with the table and must load from
-    wherever the app runs next.
-    """
-    name = getattr(model, "model_name", None)
-    if not isinstance(name, str) or not name or name == "unknown":
-        return None
-    path = Path(name).expanduser()
-    return str(path.absolute()) if path.exists() else name
 
 
 def vector_digest(vector: Sequence[float] | np.ndarray) -> str:

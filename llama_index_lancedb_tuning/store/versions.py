@@ -31,7 +31,8 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.schema import BaseNode, MetadataMode
 
 from ..common.wording import counted
-from ..encoding.embed_models import embed_texts, load_embed_model
+from ..config import TuneMode
+from ..encoding.embed_models import backend_of, embed_texts, encoder_name, load_embed_model
 from ..errors import TuningError
 from .encoder_record import (
     RERANKER_KEY,
@@ -60,7 +61,8 @@ class Promotion:
         version: the table version it produced (tagged `promotion-N`); None if the process was
             killed before tagging it.
         previous_version: the version it replaced (tagged `promotion-N-before`), which rollback restores.
-        mode: `query` (query encoder switched), `full` (table re-embedded) or `reranker` (reranker switched).
+        mode: `query` (query encoder switched), `adapter` (an adapter on the queries switched), `full` (table
+            re-embedded) or `reranker` (the reranked types' reranker switched).
         encoders: the pair it put in service.
         previous_encoders: the pair serving before it (None: the table recorded none).
         figures: the gate's validation figures of both models.
@@ -114,6 +116,7 @@ def promote(
     previous_encoders: EncoderNames | None,
     figures: dict[str, Any],
     rows: pa.Table | None = None,
+    mode: TuneMode | None = None,
     reranker: tuple[str, str | None] | None = None,
 ) -> int:
     """Put a tuned pair (or reranker) in service as a new tagged version; returns that version.
@@ -125,18 +128,20 @@ def promote(
         figures: the validation figures to keep with the version.
         rows: the re-embedded rows (`reembedded_rows`) for a full promotion; None switches the
             query encoder only (no row is rewritten).
-        reranker: (the reranker to serve from now on, the one serving now or None for an app's own
-            postprocessor), for a reranker promotion: `encoders` stay as they are.
+        mode: the tuning mode to record (None: `full` with rows, else `query`); `adapter` switches
+            the query encoder too.
+        reranker: for a `reranker` promotion, (the reranker to serve from now on, the one serving now or
+            None for an app's own postprocessor); `encoders` stay as they are.
     """
     table.checkout_latest()
     previous_version = table.version
     numbers = [int(m.group(1)) for name in _tags(table) if (m := _TAG.fullmatch(name))]
     number = max(numbers, default=0) + 1
     table.tags.create(f"promotion-{number}-before", previous_version)
-    promotion = {
+    promotion: dict[str, Any] = {
         "number": number,
         "previous_version": previous_version,
-        "mode": "full" if rows is not None else "query" if reranker is None else "reranker",
+        "mode": mode or ("query" if rows is None else "full"),
         "previous_encoders": None if previous_encoders is None else vars(previous_encoders),
         "figures": figures,
     }
@@ -154,12 +159,17 @@ def promote(
     return table.version
 
 
-def rollback(table: lancedb.table.Table) -> tuple[int, EncoderNames | None]:
+def rollback(table: lancedb.table.Table, document_encoder: BaseEmbedding | None = None) -> tuple[int, EncoderNames | None]:
     """Restore the version the serving promotion replaced; returns the new version and the pair serving again.
 
     Rows added after the promotion are not in that version: they are added again, embedded by the
     document encoder the restored version records (their ids, text and metadata as they are), so a
     rollback never loses a row. Rows deleted after the promotion come back with the old version.
+
+    Args:
+        table: the serving table.
+        document_encoder: the document encoder serving now; it embeds the added rows when the restored
+            version records the same one in the same runtime (an API embedding has no path to be loaded by).
     """
     table.checkout_latest()
     promotion = current_promotion(table)
@@ -168,7 +178,6 @@ def rollback(table: lancedb.table.Table) -> tuple[int, EncoderNames | None]:
     restored = promotion["previous_version"]
     previous = None if promotion["previous_encoders"] is None else EncoderNames(**promotion["previous_encoders"])
     added = _rows_added_since(table, restored)
-    document_encoder = None
     if added:
         if previous is None:
             raise TuningError(
@@ -176,10 +185,14 @@ def rollback(table: lancedb.table.Table) -> tuple[int, EncoderNames | None]:
                 "version it restores records no encoder to embed them with; add them again after rolling back by hand "
                 "(LanceDB restore), or keep serving the promotion"
             )
-        # Loaded before the restore: a model that fails to load leaves the table as it was.
-        document_encoder = load_embed_model(previous.document_encoder, backend=table_backend(_at_version(table, restored)))
+        backend = table_backend(_at_version(table, restored))
+        same = document_encoder is not None and encoder_name(document_encoder) == previous.document_encoder
+        if not same or backend_of(document_encoder) not in (None, backend):  # type: ignore[arg-type]
+            # Loaded before the restore: a model that fails to load leaves the table as it was.
+            document_encoder = load_embed_model(previous.document_encoder, backend=backend)
     retrying_commit(table, partial(table.restore, restored))
-    if document_encoder is not None:
+    if added:
+        assert document_encoder is not None
         append_nodes(added, document_encoder, table, show_progress=False, total=len(added))
     return table.version, previous
 

@@ -36,7 +36,7 @@ from transformers.utils import logging as transformers_logging
 
 from ..common.jsonfile import write_json
 from ..common.wording import counted
-from ..config import RerankerTrainingConfig
+from ..config import FinetuneConfig
 from ..data.chunking import SOURCE_ID_KEY
 from ..data.qa_dataset import QADataset
 from ..encoding.model_ids import ENCODE_BATCH, resolve_model, transformers_bars_off
@@ -44,6 +44,20 @@ from ..errors import TuningError
 from .finetuner import FinetuneResult, newest_complete_checkpoint, save_model, warmup_steps
 from .progress import TrainingBar
 
+# FinetuneConfig's fields a cross-encoder's training reads, the ones its metrics.json records.
+_SETTINGS = (
+    "reranker_model",
+    "reranker_negatives",
+    "reranker_max_length",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "warmup_ratio",
+    "val_fraction",
+    "seed",
+    "k",
+    "eval_each_epoch",
+)
 # The ranked candidates the serving table gives each query, and the table's query vectors.
 CandidateSearch = Callable[[Sequence[str]], list[list[BaseNode]]]
 QueryVectors = Callable[[Sequence[str]], np.ndarray]
@@ -169,11 +183,12 @@ class CrossEncoderFinetuner:
     training queries (seeded) and reranked as the table gives them; test queries never reach this class.
 
     Args:
-        config: how to train (base model, epochs, negatives, validation); None: the defaults.
+        config: how to train: its `reranker_*` fields and epochs, batch_size, learning_rate, warmup_ratio,
+            val_fraction, seed, k, show_progress, eval_each_epoch and keep_checkpoints; None: the defaults.
     """
 
-    def __init__(self, config: RerankerTrainingConfig | None = None) -> None:
-        self.config = config or RerankerTrainingConfig()
+    def __init__(self, config: FinetuneConfig | None = None) -> None:
+        self.config = config or FinetuneConfig()
 
     def fit(
         self,
@@ -200,7 +215,7 @@ class CrossEncoderFinetuner:
         """
         cfg, out, start = self.config, Path(output_dir), time.perf_counter()
         fit_ds, val_ds = train.split(cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (train, None)
-        examples = mine_examples(fit_ds, nodes, candidates, query_vectors, cfg.negatives, cfg.seed)
+        examples = mine_examples(fit_ds, nodes, candidates, query_vectors, cfg.reranker_negatives, cfg.seed)
         pairs = _labeled_pairs(examples)
         evaluator = None
         if val_ds is not None:
@@ -209,13 +224,13 @@ class CrossEncoderFinetuner:
                 samples, at_k=cfg.k, always_rerank_positives=False, name="val", batch_size=ENCODE_BATCH, write_csv=False
             )
         metrics: dict[str, Any] = {
-            "config": asdict(cfg),
+            "config": {name: value for name, value in asdict(cfg).items() if name in _SETTINGS},
             "n_train_queries": len(fit_ds),
             "n_train_pairs": len(pairs),
             "n_negatives": len(pairs) - len(examples),
             "n_val_queries": len(val_ds or []),
         }
-        model = load_base(cfg.base_model, cfg.max_length)
+        model = load_base(cfg.reranker_model, cfg.reranker_max_length)
         with transformers_bars_off():
             trainer = self._train(model, pairs, evaluator if cfg.eval_each_epoch else None, out / "checkpoints", resume)
             if evaluator is not None and cfg.eval_each_epoch:  # the kept epoch's scores: no second pass
@@ -227,7 +242,8 @@ class CrossEncoderFinetuner:
             metrics["train_seconds"] = round(time.perf_counter() - start, 2)
             save_model(model, out)
         write_json(out / "metrics.json", metrics, indent=2)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
         return FinetuneResult(out, metrics, metrics["train_seconds"])
 
     def _train(

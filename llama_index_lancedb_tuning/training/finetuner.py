@@ -9,7 +9,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,12 +33,13 @@ from transformers import PrinterCallback
 from ..common.jsonfile import read_json, write_json
 from ..config import FinetuneConfig
 from ..data.qa_dataset import QADataset
-from ..encoding.model_ids import ENCODE_BATCH, resolve_model, transformers_bars_off
+from ..encoding.model_ids import resolve_model, transformers_bars_off
 from ..errors import TuningError
 from .distributed import cpu_launch, is_main_process, local_device, wait_for_everyone, world_size
 from .losses import QueryOnlyLoss
 from .progress import TrainingBar
 from .training_pairs import source_nodes, training_pairs, with_adaptation_pairs
+from .validation_evaluator import ir_evaluator
 
 logger = logging.getLogger(__name__)
 
@@ -53,26 +53,6 @@ class FinetuneResult:
     model_path: Path
     metrics: dict = field(default_factory=dict)
     train_seconds: float = 0.0
-
-
-def ir_evaluator(dataset: QADataset, by_source: dict[str, list[TextNode]], k: int, name: str) -> InformationRetrievalEvaluator:
-    """Sentence-transformers' IR evaluator at node level: any node of a relevant document counts."""
-    corpus = {n.node_id: n.text for ns in by_source.values() for n in ns}
-    relevant = {q: {n.node_id for d in dataset.relevant_docs[q] for n in by_source.get(d, [])} for q in dataset.query_ids}
-    queries: dict[str, Any] = dict(dataset.queries)  # sentence-transformers types inputs as any modality
-    return InformationRetrievalEvaluator(
-        queries=queries,
-        corpus=dict[str, Any](corpus),
-        relevant_docs=relevant,
-        accuracy_at_k=[1, k, 10],
-        precision_recall_at_k=[k],
-        mrr_at_k=[10],
-        ndcg_at_k=[10],
-        map_at_k=[10],
-        name=name,
-        write_csv=False,
-        batch_size=ENCODE_BATCH,
-    )
 
 
 class EmbeddingFinetuner:
@@ -193,7 +173,7 @@ class EmbeddingFinetuner:
         )
         if adaptation is not None:
             pairs, n_adaptation = with_adaptation_pairs(pairs, adaptation, cfg.seed)
-        evaluator = ir_evaluator(val_ds, by_source, cfg.k, "val") if val_ds is not None else None
+        evaluator = ir_evaluator(val_ds, by_source, cfg.k, "val", cfg.seed) if val_ds is not None else None
         metrics: dict = {"config": asdict(cfg), "n_train_pairs": len(pairs), "n_val_queries": len(val_ds or [])}
         if adaptation is not None:
             metrics["n_adaptation_pairs"] = n_adaptation

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..config import RunConfig
 from ..data.beir import DEFAULT_SPLIT, beir_splits, is_beir_folder, load_beir
 from ..data.documents import load_documents
-from ..data.labeled_csv import load_dataset
+from ..data.labeled_csv import load_qa_dataset
 from ..data.qa_dataset import QADataset
 from ..evaluation.caveats import check_data_size
 
@@ -42,10 +42,10 @@ def run_data(args: argparse.Namespace, config: RunConfig) -> RunData:
     if args.table:
         from ..store.table import connect, open_table
 
-        data = RunData(load_dataset(args.queries, args.query_column, args.context_column), args.queries)
+        data = RunData(load_qa_dataset(args.queries, args.query_column, args.context_column), args.queries)
         data.source_table = open_table(connect(args.table), args.table_name)
     elif args.queries:
-        data = RunData(load_dataset(args.queries, args.query_column, args.context_column), args.queries)
+        data = RunData(load_qa_dataset(args.queries, args.query_column, args.context_column), args.queries)
         data.documents = load_documents(labeled)
     elif is_beir_folder(labeled):
         train = load_beir(labeled, TRAIN_SPLIT)
@@ -53,9 +53,9 @@ def run_data(args: argparse.Namespace, config: RunConfig) -> RunData:
         if DEFAULT_SPLIT in beir_splits(labeled) and args.eval_data is None:
             data.split = (train, load_beir(labeled, DEFAULT_SPLIT))
     else:
-        data = RunData(load_dataset(labeled, args.query_column, args.context_column), labeled)
+        data = RunData(load_qa_dataset(labeled, args.query_column, args.context_column), labeled)
     if args.eval_data:
-        data.eval_dataset = load_dataset(args.eval_data, args.query_column, args.context_column)
+        data.eval_dataset = load_qa_dataset(args.eval_data, args.query_column, args.context_column)
     scored = data.eval_dataset or (data.split[1] if data.split else data.dataset)
     carves = config.pairs == "labeled" and data.eval_dataset is None and data.split is None
     check_data_size(scored, config.k, config.test_size if carves else None)
@@ -67,6 +67,6 @@ def evaluate_data(args: argparse.Namespace, config: RunConfig) -> QADataset:
     if is_beir_folder(args.data):
         dataset = load_beir(args.data, args.split or DEFAULT_SPLIT)
     else:
-        dataset = load_dataset(args.data, args.query_column, args.context_column)
+        dataset = load_qa_dataset(args.data, args.query_column, args.context_column)
     check_data_size(dataset, config.k, None)
     return dataset

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..common.wording import counted
-from ..config import FinetuneConfig, MetricName, RerankerTrainingConfig
+from ..config import FinetuneConfig, MetricName
 from ..data.qa_dataset import QADataset
 from ..errors import TuningError
 from ..evaluation.ir_metrics import METRIC_LABELS
@@ -31,9 +31,7 @@ if TYPE_CHECKING:
 SIGNIFICANCE = 0.05
 
 
-def gate_queries(
-    train: QADataset, eval_dataset: QADataset | None, recipe: FinetuneConfig | RerankerTrainingConfig
-) -> tuple[QADataset, QADataset]:
+def gate_queries(train: QADataset, eval_dataset: QADataset | None, recipe: FinetuneConfig) -> tuple[QADataset, QADataset]:
     """(queries to hand the fine-tuner, the gate's validation queries): `eval_dataset` when given,
     else the seeded `recipe.val_fraction` of `train` that the fine-tuner carves for validation.
 
@@ -55,7 +53,7 @@ def gate_queries(
             "the gate needs validation queries the model never trains on; pass eval_dataset=, a val_fraction above 0, or gate=False"
         )
     fit, held_out = train.split(recipe.val_fraction, recipe.seed)
-    return (fit, held_out) if isinstance(recipe, FinetuneConfig) and recipe.refit else (train, held_out)
+    return (fit, held_out) if recipe.refit else (train, held_out)
 
 
 @dataclass(frozen=True)

@@ -158,8 +158,9 @@ def tune_and_evaluate(
         out: the run directory; locked while the run lasts, resumed if a killed run left it.
         config: the run's settings (default: the recommended recipe); `config.pairs` says
             where training pairs come from (see `training_data`), `config.tune` whether both
-            sides are tuned and the corpus re-embedded (`full`), only the query encoder, against the
-            baseline table's stored vectors (`query`), or a cross-encoder reranks the baseline table (`reranker`).
+            sides are tuned and the corpus re-embedded (`full`), or only the query encoder (`query`)
+            or an adapter on the base model's query vectors (`adapter`), against the baseline table's
+            stored vectors, or a cross-encoder learns to rerank the baseline table (`reranker`).
         documents: doc id -> text to tune on instead of the dataset's corpus.
         dataset_path: where `dataset` was read from, for the report.
         force: redo a directory that holds a finished report or another run's stages.
@@ -210,7 +211,7 @@ def _baseline_index(uri: str, config: RunConfig) -> LanceDBIndex:
 
 
 def _recipe(config: RunConfig) -> TuningRecipe:
-    return TuningRecipe(config.tune, config.reranker_training if config.tune == "reranker" else config.finetune, config)
+    return TuningRecipe(config.tune, config.finetune, config)
 
 
 def _gate_verdict(
@@ -246,8 +247,8 @@ def _tune_and_evaluate(
     shared = shared_query_count(train, test)
     if shared:
         raise TuningError(f"{shared} test queries also appear among training queries; remove them from the training data")
+    tuning = config.finetune
     recipe = _recipe(config)
-    tuning = recipe.finetune
     # The gate needs the tables to index the training queries' documents: labeled pairs over the scored corpus.
     gated = config.gate and not node_level and eval_dataset is None and documents is None
     fit, held_out = gate_queries(train, None, tuning) if gated else (train, None)
@@ -255,7 +256,7 @@ def _tune_and_evaluate(
     # Eval data from another corpus is the point of eval data, not a mistake to warn about.
     mismatch = corpus_overlap_warnings(documents, dataset.corpus) if documents and eval_dataset is None else []
     warnings = _warn(sample_size_warnings(len(test), n_val) + mismatch)
-    base = config.finetune.base_model
+    base = tuning.base_model
     scored_corpus = dataset.corpus if eval_dataset is None else eval_dataset.corpus
     nodes = build_nodes(scored_corpus, base, config) if source is None else source.nodes
     train_nodes = None  # generated pairs already point at passages
@@ -279,9 +280,9 @@ def _tune_and_evaluate(
     if read_json(model_dir / "metrics.json") is None:  # absent, or torn by a kill mid-write
         adapting = config.tune == "full" and config.adapt and eval_dataset is not None and not node_level
         adaptation = saved_offline_pairs(out / "adaptation_pairs.json", nodes, config.seed) if adapting else None
-        # Positives of `query` tuning are the baseline table's own rows, so the frozen passages are its stored
-        # vectors; generated pairs and another corpus's documents are not rows of it: the base model encodes them.
-        serving = _baseline_index(uri, config) if config.tune in ("query", "reranker") and train_nodes is nodes else None
+        # Positives of `query` and `adapter` tuning are the baseline table's own rows, so the frozen passages are its
+        # stored vectors; generated pairs and another corpus's documents are not rows of it: the base model encodes them.
+        serving = _baseline_index(uri, config) if config.tune != "full" and train_nodes is nodes else None
         recipe.fit(fit, model_dir, train_nodes, serving, resume=resume, adaptation=adaptation)
     timings["finetune"] = round(time.perf_counter() - t, 2)
 
@@ -299,7 +300,7 @@ def _tune_and_evaluate(
         assert baseline_index is not None
         tuned_index = baseline_index
         tuned = recipe.reranked_rows(baseline_index, baseline, test, trained_reranker, timings)
-    else:  # the tuned query encoder searches the baseline table's vectors as they are
+    else:  # the tuned query encoder (or the adapted base) searches the baseline table's vectors as they are
         timings["reembed"] = 0.0
         assert baseline_index is not None
         tuned_index = recipe.query_tuned(baseline_index, model_dir)
