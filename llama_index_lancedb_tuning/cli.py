@@ -20,6 +20,7 @@ from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type
 from .common.redaction import RedactSecrets, redact
 from .common.wording import counted
 from .config import ChunkingConfig, FinetuneConfig, InvalidSetting, RunConfig, SearchConfig, recommended_finetune
+from .data.beir import is_beir_folder
 from .errors import TuningError
 from .tuning.input_checks import check_inputs
 
@@ -241,6 +242,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     """The run's settings from the parsed flags; a value out of range is named by its flag."""
     try:
         values = _config_values(args, RunConfig)
+        if args.command in ("run", "evaluate") and "chunk_size" not in values and args.data and is_beir_folder(args.data):
+            values["chunk_size"] = 0  # as BEIR and MTEB score it; on SciFact's validation carve it also tunes better
         if args.command == "run":
             # Beside documents, --queries only scores; an existing table's labeled queries train as well.
             queries_score_only = args.queries and not args.table

@@ -84,7 +84,7 @@ def test_qrels_naming_an_unknown_document_are_refused(beir_folder):
 
 def test_run_on_a_folder_with_test_qrels_scores_those_queries_one_node_per_document(beir_folder, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["run", str(beir_folder), "--out", str(out), "--epochs", "1", "--quiet", "--no-chunking", "--k", "3"]
+    argv = ["run", str(beir_folder), "--out", str(out), "--epochs", "1", "--quiet", "--k", "3"]  # BEIR: whole documents
     assert main(argv) == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     data = report["dataset"]
@@ -98,9 +98,10 @@ def test_run_on_a_folder_with_test_qrels_scores_those_queries_one_node_per_docum
 def test_run_on_a_folder_with_train_qrels_only_scores_a_seeded_split_of_them(train_only_folder, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["run", str(train_only_folder), "--out", str(out), "--epochs", "1", "--quiet", "--tune", "query", "--k", "3"]
-    assert main(argv) == 0, capsys.readouterr().err
+    assert main([*argv, "--chunk-size", "32", "--chunk-overlap", "8"]) == 0, capsys.readouterr().err
     data = json.loads((out / "report.json").read_text())["dataset"]
     assert (data["n_train_queries"], data["n_test_queries"]) == (24, 6)  # test size 0.2 of the 30 train queries
+    assert data["n_nodes"] > data["n_corpus"]  # chunked when --chunk-size says so
 
 
 def test_evaluate_scores_the_split_it_is_told(train_only_folder, tmp_path, capsys):

@@ -71,7 +71,7 @@ def test_bad_choices_fail_at_construction(make, expected):
         (lambda: RunConfig(test_size=0.0), "test_size must be between 0 and 1, got 0.0"),
         (lambda: RunConfig(k=0), "k must be at least 1, got 0"),
         (lambda: RunConfig(rrf_k=0), "rrf_k must be at least 1"),
-        (lambda: ChunkingConfig(chunk_size=0), "chunk_size must be at least 1, got 0"),
+        (lambda: ChunkingConfig(chunk_size=-1), "chunk_size must be at least 0, got -1"),
         (lambda: ChunkingConfig(chunk_size=16, chunk_overlap=16), "chunk_overlap (16) must be smaller than chunk_size (16)"),
         (lambda: SearchConfig(overfetch=0), "overfetch must be at least 1"),
     ],
