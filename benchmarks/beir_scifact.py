@@ -116,7 +116,11 @@ def main() -> None:
     run = args.out / f"{args.tune}"
     start = time.perf_counter()
     report_file = run / "report.json"
-    report = json.loads(report_file.read_text()) if report_file.exists() else tune_and_evaluate(train, run, config)
+    report = (
+        json.loads(report_file.read_text())
+        if report_file.exists()
+        else tune_and_evaluate(train, run, config, dataset_path=str(args.data))
+    )
     carve = train.split(config.test_size, config.seed)[1]  # the run's test queries: the same seeded split
     assert len(carve) == report["dataset"]["n_test_queries"]
     indexes = _indexes(run, config)

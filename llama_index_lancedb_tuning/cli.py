@@ -101,7 +101,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     _add_fields(p, SearchConfig)
     _add_fields(p, ChunkingConfig)
-    p.add_argument("--no-chunking", dest="chunk_size", action="store_const", const=0, help="the same as --chunk-size 0")
+    p.add_argument(
+        "--no-chunking",
+        dest="chunk_size",
+        action="store_const",
+        const=0,
+        help="one node per document, the same as --chunk-size 0 (default: off; on for a BEIR folder)",
+    )
     p.add_argument("--force", action="store_true", help="redo a finished report, removing only the run's files (default: off)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,18 +24,35 @@ def qa_dataset():
     return load_labeled_csv(DATA_QA)
 
 
+def first_queries(dataset, n: int):
+    """The first `n` queries of `dataset` over only the documents they point at."""
+    from llama_index_lancedb_tuning import QADataset
+
+    ids = dataset.query_ids[:n]
+    docs = {d for q in ids for d in dataset.relevant_docs[q]}
+    return QADataset(
+        {q: dataset.queries[q] for q in ids},
+        {d: t for d, t in dataset.corpus.items() if d in docs},
+        {q: dataset.relevant_docs[q] for q in ids},
+    )
+
+
+def cli_in_a_fresh_process(argv: list[str]) -> subprocess.CompletedProcess:
+    """`lancedb-tune ARGV` in a new interpreter; exit code 99 when torch, sentence-transformers,
+    transformers or lancedb was imported before the command ended (a mistake must be named first)."""
+    code = (
+        "import sys; from llama_index_lancedb_tuning.cli import main; code = main(sys.argv[1:]); "
+        "heavy = [m for m in ('torch', 'sentence_transformers', 'transformers', 'lancedb') if m in sys.modules]; "
+        "sys.exit(code if not heavy else 99)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-c", code, *argv], check=False, capture_output=True, text=True, env=env)
+
+
 @pytest.fixture(scope="session")
 def small_dataset(qa_dataset):
     """40 queries over the 20 contexts they answer: real data, small enough for seconds-long tests."""
-    ids = qa_dataset.query_ids[:40]
-    docs = {d for q in ids for d in qa_dataset.relevant_docs[q]}
-    from llama_index_lancedb_tuning import QADataset
-
-    return QADataset(
-        {q: qa_dataset.queries[q] for q in ids},
-        {d: t for d, t in qa_dataset.corpus.items() if d in docs},
-        {q: qa_dataset.relevant_docs[q] for q in ids},
-    )
+    return first_queries(qa_dataset, 40)
 
 
 @pytest.fixture(scope="session")

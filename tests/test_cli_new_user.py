@@ -87,7 +87,7 @@ def _cli_without_heavy_imports(argv: list[str], cwd: Path) -> subprocess.Complet
     "argv, expected",
     [
         (["run", "{csv}", "--k", "-3"], "--k must be at least 1, got -3"),
-        (["run", "{csv}", "--chunk-size", "0"], "--chunk-size must be at least 1, got 0"),
+        (["run", "{csv}", "--chunk-size", "-1"], "--chunk-size must be at least 0, got -1"),
         (["run", "{csv}", "--lr", "inf"], "--lr must be a finite number, got inf"),
         (["run", "{csv}", "--lr", "nan"], "--lr must be a finite number, got nan"),
         (["run", "{csv}", "--loss", "bogus"], "argument --loss: invalid choice: 'bogus'"),

@@ -4,35 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, cli_in_a_fresh_process, first_queries
 
 from llama_index_lancedb_tuning import QADataset, RunConfig, TuningError, load_qa_dataset, tune_and_evaluate
 from llama_index_lancedb_tuning.cli import main
 from llama_index_lancedb_tuning.config import recommended_finetune
 from llama_index_lancedb_tuning.tuning.run_loop import build_nodes, run_settings, training_data
 
-ROOT = Path(__file__).resolve().parents[1]
 LYFT = SHARED_DATA / "lyft_uber_10k" / "train_dataset.json"
 UBER = SHARED_DATA / "lyft_uber_10k" / "val_dataset.json"
 SLICE = 24
-
-
-def _slice(dataset: QADataset, n: int) -> QADataset:
-    """The first `n` queries over only the documents they point at."""
-    ids = dataset.query_ids[:n]
-    docs = {d for q in ids for d in dataset.relevant_docs[q]}
-    return QADataset(
-        {q: dataset.queries[q] for q in ids},
-        {d: t for d, t in dataset.corpus.items() if d in docs},
-        {q: dataset.relevant_docs[q] for q in ids},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +34,8 @@ def uber() -> QADataset:
 def slice_files(tmp_path_factory, lyft, uber) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("slices")
     train, test = folder / "lyft.json", folder / "uber.json"
-    _slice(lyft, SLICE).save_json(train)
-    _slice(uber, SLICE).save_json(test)
+    first_queries(lyft, SLICE).save_json(train)
+    first_queries(uber, SLICE).save_json(test)
     return train, test
 
 
@@ -102,7 +87,7 @@ def test_adaptation_adds_an_equal_seeded_share_and_no_adapt_turns_it_off(uber):
     from llama_index_lancedb_tuning.pairs.offline_pairs import generate_offline_pairs
     from llama_index_lancedb_tuning.training.training_pairs import with_adaptation_pairs
 
-    generated = generate_offline_pairs(build_nodes(_slice(uber, SLICE).corpus, None, RunConfig()), seed=42)
+    generated = generate_offline_pairs(build_nodes(first_queries(uber, SLICE).corpus, None, RunConfig()), seed=42)
     labeled = Dataset.from_dict({"anchor": [f"q{i}" for i in range(5)], "positive": [f"p{i}" for i in range(5)]})
     mixed, added = with_adaptation_pairs(labeled, generated, seed=42)
     assert added == 5 and len(mixed) == 10 and mixed["anchor"][:5] == labeled["anchor"]
@@ -119,7 +104,7 @@ def test_adaptation_adds_an_equal_seeded_share_and_no_adapt_turns_it_off(uber):
 
 
 def test_eval_queries_that_are_training_queries_are_refused_with_their_count(lyft, uber, tmp_path):
-    train, test = _slice(lyft, SLICE), _slice(uber, SLICE)
+    train, test = first_queries(lyft, SLICE), first_queries(uber, SLICE)
     leaked = QADataset(
         {**test.queries, **{f"leak-{q}": " " + train.queries[q] for q in train.query_ids[:3]}},
         {**test.corpus, **train.corpus},
@@ -131,7 +116,7 @@ def test_eval_queries_that_are_training_queries_are_refused_with_their_count(lyf
 
 
 def test_generated_pairs_come_from_the_training_corpus_and_every_eval_query_is_scored(lyft, uber, tmp_path):
-    train, test = _slice(lyft, SLICE), _slice(uber, SLICE)
+    train, test = first_queries(lyft, SLICE), first_queries(uber, SLICE)
     config = RunConfig(pairs="offline")
     pairs, scored, node_level = training_data(train, tmp_path, config, None, eval_dataset=test)
     assert scored is test and node_level
@@ -142,8 +127,8 @@ def test_generated_pairs_come_from_the_training_corpus_and_every_eval_query_is_s
 
 
 def test_the_resume_digest_changes_with_the_eval_data(lyft, uber):
-    train, config = _slice(lyft, SLICE), RunConfig(finetune=replace(recommended_finetune("labeled"), epochs=1))
-    first, second = _slice(uber, SLICE), _slice(uber, SLICE + 1)
+    train, config = first_queries(lyft, SLICE), RunConfig(finetune=replace(recommended_finetune("labeled"), epochs=1))
+    first, second = first_queries(uber, SLICE), first_queries(uber, SLICE + 1)
     assert run_settings(train, config, None, None, first) == run_settings(train, config, None, None, first)
     assert run_settings(train, config, None, None, first) != run_settings(train, config, None, None, second)
     assert run_settings(train, config, None) != run_settings(train, config, None, None, first)
@@ -161,13 +146,7 @@ def test_the_resume_digest_changes_with_the_eval_data(lyft, uber):
 def test_eval_data_mistakes_answer_in_one_line_before_torch_is_imported(slice_files, tmp_path, extra, expected):
     train_path, eval_path = slice_files
     argv = ["run", str(train_path), *(a.format(tmp=tmp_path, test=eval_path) for a in extra), "--out", str(tmp_path / "out")]
-    code = (
-        "import sys; from llama_index_lancedb_tuning.cli import main; code = main(sys.argv[1:]); "
-        "heavy = [m for m in ('torch', 'sentence_transformers', 'transformers', 'lancedb') if m in sys.modules]; "
-        "sys.exit(code if not heavy else 99)"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code, *argv], check=False, capture_output=True, text=True, env=env)
+    proc = cli_in_a_fresh_process(argv)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr  # 99: a heavy library was imported before the mistake was named
     assert len(lines) == 1 and expected.format(tmp=tmp_path) in lines[0] and proc.stdout == "", proc.stderr

@@ -7,7 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import DATA_QA
+from conftest import DATA_QA, first_queries
 from llama_index.core.schema import MetadataMode
 from sentence_transformers import CrossEncoder
 
@@ -31,13 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def tiny(small_dataset):
     """24 queries over the 12 contexts they answer."""
-    ids = small_dataset.query_ids[:24]
-    docs = {d for q in ids for d in small_dataset.relevant_docs[q]}
-    return QADataset(
-        {q: small_dataset.queries[q] for q in ids},
-        {d: t for d, t in small_dataset.corpus.items() if d in docs},
-        {q: small_dataset.relevant_docs[q] for q in ids},
-    )
+    return first_queries(small_dataset, 24)
 
 
 @pytest.fixture(scope="module")
