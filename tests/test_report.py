@@ -53,3 +53,15 @@ def test_plot_shows_mrr_and_p_values_and_the_legend_covers_no_bar():
         for bar in ax.patches:
             assert not box.overlaps(bar.get_window_extent()), "the legend covers a bar"
     assert np.isclose(max(b.get_height() for b in hit_ax.patches), 1.0)
+
+
+def test_a_row_names_each_models_reranker_when_they_differ():
+    from dataclasses import replace
+
+    rows = [
+        replace(r, reranker="FusionRerank" if r.model == "baseline" else "cross-encoder:out/model") for r in _rows(30, 32, 0.5)
+    ]
+    table = comparison_table(rows)
+    assert "| Reranked vector search | FusionRerank → cross-encoder:out/model | 44 |" in table
+    same = comparison_table(_rows(30, 32, 0.5))
+    assert "| Vector search | — | 44 |" in same

@@ -62,7 +62,9 @@ def comparison_table(results: Sequence[EvalResult], k: int = 5, metrics: Sequenc
     for qt in types:
         rows = [by.get((m, qt)) for m in models]
         first = next(r for r in rows if r is not None)
-        cells = [QUERY_TYPE_LABELS.get(qt, qt), first.reranker or "—", str(first.n)]
+        # A tuned reranker reranks the tuned rows only: each model's reranker, in column order.
+        rerankers = " → ".join(dict.fromkeys(r.reranker or "—" for r in rows if r is not None))
+        cells = [QUERY_TYPE_LABELS.get(qt, qt), rerankers, str(first.n)]
         for metric in metrics:
             cells += [_cell(r, metric) for r in rows]
         if compared:
