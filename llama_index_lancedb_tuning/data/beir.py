@@ -17,7 +17,8 @@ from .qa_dataset import QADataset
 CORPUS_FILE = "corpus.jsonl"
 QUERIES_FILE = "queries.jsonl"
 QRELS_FOLDER = "qrels"
-DEFAULT_SPLIT = "test"
+DEFAULT_SPLIT = "test"  # what `evaluate` scores, and `run` when the folder has it
+TRAIN_SPLIT = "train"  # what `run` trains on
 
 
 def is_beir_folder(path: str | Path) -> bool:
@@ -62,11 +63,34 @@ def load_beir(folder: str | Path, split: str = DEFAULT_SPLIT, qrels_path: str | 
     if qrels_path is None:
         check_beir_folder(folder, split)
         qrels_path = folder / QRELS_FOLDER / f"{split}.tsv"
+    return _judged_queries(folder, Path(qrels_path), *_corpus_and_queries(folder))
+
+
+def load_beir_splits(folder: str | Path, splits: list[str]) -> list[QADataset]:
+    """Several splits of a BEIR folder (`load_beir`), the corpus and queries read once for all of them.
+
+    Args:
+        folder: the BEIR folder.
+        splits: the qrels to read, `qrels/<split>.tsv` each.
+    """
+    folder = Path(folder)
+    for split in splits:
+        check_beir_folder(folder, split)
+    corpus, queries = _corpus_and_queries(folder)
+    return [_judged_queries(folder, folder / QRELS_FOLDER / f"{split}.tsv", corpus, queries) for split in splits]
+
+
+def _corpus_and_queries(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Document id -> title and text joined by a space, and query id -> text."""
     corpus = {
         str(row["_id"]): " ".join(part for part in (row.get("title", ""), row.get("text", "")) if part).strip()
         for row in _jsonl(folder / CORPUS_FILE)
     }
-    all_queries = {str(row["_id"]): str(row.get("text", "")) for row in _jsonl(folder / QUERIES_FILE)}
+    return corpus, {str(row["_id"]): str(row.get("text", "")) for row in _jsonl(folder / QUERIES_FILE)}
+
+
+def _judged_queries(folder: Path, qrels_path: Path, corpus: dict[str, str], all_queries: dict[str, str]) -> QADataset:
+    """The queries `qrels_path` judges some document relevant for, over `corpus`."""
     relevant: dict[str, list[str]] = {}
     graded: dict[str, dict[str, int]] = {}
     for query_id, judged in read_qrels(qrels_path).items():

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..config import RunConfig
-from ..data.beir import DEFAULT_SPLIT, beir_splits, is_beir_folder, load_beir
+from ..data.beir import DEFAULT_SPLIT, TRAIN_SPLIT, beir_splits, is_beir_folder, load_beir, load_beir_splits
 from ..data.documents import load_documents
 from ..data.labeled_csv import load_qa_dataset
 from ..data.qa_dataset import QADataset
@@ -20,8 +20,6 @@ from ..evaluation.caveats import check_data_size
 
 if TYPE_CHECKING:
     import lancedb
-
-TRAIN_SPLIT = "train"
 
 
 @dataclass
@@ -48,10 +46,9 @@ def run_data(args: argparse.Namespace, config: RunConfig) -> RunData:
         data = RunData(load_qa_dataset(args.queries, args.query_column, args.context_column), args.queries)
         data.documents = load_documents(labeled)
     elif is_beir_folder(labeled):
-        train = load_beir(labeled, TRAIN_SPLIT)
-        data = RunData(train, labeled)
-        if DEFAULT_SPLIT in beir_splits(labeled) and args.eval_data is None:
-            data.split = (train, load_beir(labeled, DEFAULT_SPLIT))
+        scores_test = DEFAULT_SPLIT in beir_splits(labeled) and args.eval_data is None
+        train, *test = load_beir_splits(labeled, [TRAIN_SPLIT, DEFAULT_SPLIT] if scores_test else [TRAIN_SPLIT])
+        data = RunData(train, labeled, split=(train, test[0]) if test else None)
     else:
         data = RunData(load_qa_dataset(labeled, args.query_column, args.context_column), labeled)
     if args.eval_data:

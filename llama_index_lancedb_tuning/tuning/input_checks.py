@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data.beir import DEFAULT_SPLIT, check_beir_folder, is_beir_folder
+from ..data.beir import DEFAULT_SPLIT, TRAIN_SPLIT, check_beir_folder, is_beir_folder
 from ..errors import TuningError
 from .run_files import REPORT_FILE, check_run_directory
 
@@ -128,14 +128,14 @@ def check_inputs(args: argparse.Namespace) -> None:
             raise TuningError("--queries and --eval-data both name the queries to score on; pass one of them")
         if args.test_size is not None:
             raise TuningError("--test-size splits DATA, but --eval-data scores on another file; drop one of them")
-        _check_labeled_file(args.data, args.command, split="train")
+        _check_labeled_file(args.data, args.command, split=TRAIN_SPLIT)
         _check_labeled_file(args.eval_data, "evaluate", "--eval-data")
     elif args.command == "run" and args.queries:
         if not Path(args.data).exists():
             raise TuningError(f"{args.data}: no such file or directory; check the path")
         _check_labeled_file(args.queries, "evaluate")
     elif args.command == "run":
-        _check_labeled_file(args.data, args.command, split="train")
+        _check_labeled_file(args.data, args.command, split=TRAIN_SPLIT)
     else:
         if args.split and not is_beir_folder(args.data):
             raise TuningError(f"--split names the qrels of a BEIR folder, but {args.data} is not one; drop --split")
